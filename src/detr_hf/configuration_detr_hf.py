@@ -1,0 +1,190 @@
+"""DetrHfConfig: every hyper-parameter of a DETR model, its loss and its backbone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PretrainedConfig
+
+_ACTIVATIONS = ("relu", "gelu", "silu", "gelu_new", "quick_gelu")
+_POSITION_TYPES = ("sine", "learned")
+
+
+class DetrHfConfig(PretrainedConfig):
+    """Configuration of `DetrHfModel` / `DetrHfForObjectDetection`.
+
+    Field names follow transformers' `DetrConfig` where the concept is the same; defaults follow the
+    DETR-R50 recipe (auxiliary decoder losses on, dropout 0.1 everywhere as in the original).
+
+    Backbone fields beyond `DetrConfig`:
+        backbone: any timm model name, built with `features_only=True`; the last feature level is used.
+        backbone_kwargs: extra `timm.create_model` arguments, e.g. `{"output_stride": 16}` (DC5) or
+            `{"out_indices": (2,)}` to cut a small backbone early.
+        use_pretrained_backbone: fetch timm's pretrained weights when the model is *built from a config*
+            (never when loading a saved detr_hf model, whose weights come from its own file).
+        backbone_weights_path: a local timm weights file used instead of timm's own source.
+        freeze_backbone_batch_norm: replace BatchNorm by frozen BatchNorm. `None` resolves to True
+            when the backbone starts from trained weights and False from random weights (frozen random
+            BN keeps zero-initialised gammas at zero and kills residual branches).
+        backbone_frozen_stages: number of leading feature stages (timm `feature_info` order; stem is
+            stage 0) whose parameters are frozen. `None` resolves to 2 (stem + first stage, as the
+            paper) with trained weights and 0 otherwise.
+    """
+
+    model_type = "detr_hf"
+    attribute_map = {"hidden_size": "d_model", "num_attention_heads": "encoder_attention_heads"}
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        backbone_kwargs: dict[str, Any] | None = None,
+        use_pretrained_backbone: bool = False,
+        backbone_weights_path: str | None = None,
+        freeze_backbone_batch_norm: bool | None = None,
+        backbone_frozen_stages: int | None = None,
+        num_channels: int = 3,
+        d_model: int = 256,
+        encoder_layers: int = 6,
+        decoder_layers: int = 6,
+        encoder_attention_heads: int = 8,
+        decoder_attention_heads: int = 8,
+        encoder_ffn_dim: int = 2048,
+        decoder_ffn_dim: int = 2048,
+        num_queries: int = 100,
+        dropout: float = 0.1,
+        attention_dropout: float = 0.1,
+        activation_dropout: float = 0.1,
+        activation_function: str = "relu",
+        pre_norm: bool = False,
+        position_embedding_type: str = "sine",
+        max_position_embeddings: int = 50,
+        position_temperature: float = 10000.0,
+        init_std: float = 0.02,
+        init_xavier_std: float = 1.0,
+        auxiliary_loss: bool = True,
+        class_cost: float = 1.0,
+        bbox_cost: float = 5.0,
+        giou_cost: float = 2.0,
+        bbox_loss_coefficient: float = 5.0,
+        giou_loss_coefficient: float = 2.0,
+        eos_coefficient: float = 0.1,
+        num_query_groups: int = 1,
+        num_denoising_groups: int = 0,
+        denoising_box_noise_scale: float = 0.4,
+        denoising_label_noise_ratio: float = 0.2,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("num_labels", 91)
+        trained_backbone = bool(use_pretrained_backbone or backbone_weights_path)
+        if freeze_backbone_batch_norm is None:
+            freeze_backbone_batch_norm = trained_backbone
+        if backbone_frozen_stages is None:
+            backbone_frozen_stages = 2 if trained_backbone else 0
+
+        self.backbone = backbone
+        # Tuples become lists so the JSON round trip is exact.
+        self.backbone_kwargs = {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dict(backbone_kwargs or {}).items()
+        }
+        self.use_pretrained_backbone = use_pretrained_backbone
+        self.backbone_weights_path = backbone_weights_path
+        self.freeze_backbone_batch_norm = freeze_backbone_batch_norm
+        self.backbone_frozen_stages = backbone_frozen_stages
+        self.num_channels = num_channels
+        self.d_model = d_model
+        self.encoder_layers = encoder_layers
+        self.decoder_layers = decoder_layers
+        self.encoder_attention_heads = encoder_attention_heads
+        self.decoder_attention_heads = decoder_attention_heads
+        self.encoder_ffn_dim = encoder_ffn_dim
+        self.decoder_ffn_dim = decoder_ffn_dim
+        self.num_queries = num_queries
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.activation_dropout = activation_dropout
+        self.activation_function = activation_function
+        self.pre_norm = pre_norm
+        self.position_embedding_type = position_embedding_type
+        self.max_position_embeddings = max_position_embeddings
+        self.position_temperature = position_temperature
+        self.init_std = init_std
+        self.init_xavier_std = init_xavier_std
+        self.auxiliary_loss = auxiliary_loss
+        self.class_cost = class_cost
+        self.bbox_cost = bbox_cost
+        self.giou_cost = giou_cost
+        self.bbox_loss_coefficient = bbox_loss_coefficient
+        self.giou_loss_coefficient = giou_loss_coefficient
+        self.eos_coefficient = eos_coefficient
+        self.num_query_groups = num_query_groups
+        self.num_denoising_groups = num_denoising_groups
+        self.denoising_box_noise_scale = denoising_box_noise_scale
+        self.denoising_label_noise_ratio = denoising_label_noise_ratio
+        super().__init__(**kwargs)
+        self.validate_fields()
+
+    @property
+    def num_hidden_layers(self) -> int:
+        return self.encoder_layers + self.decoder_layers
+
+    def validate_fields(self) -> None:
+        """Raise `ValueError` naming the first invalid field."""
+        if not isinstance(self.backbone, str) or not self.backbone:
+            raise ValueError(f"DetrHfConfig.backbone must be a timm model name, got {self.backbone!r}")
+        _check_backbone_name(self.backbone)
+        positive_ints = (
+            "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
+            "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "num_queries",
+            "num_channels", "max_position_embeddings", "num_query_groups",
+        )  # fmt: skip
+        for name in positive_ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"DetrHfConfig.{name} must be an integer >= 1, got {value!r}")
+        for name in ("encoder_attention_heads", "decoder_attention_heads"):
+            if self.d_model % getattr(self, name):
+                raise ValueError(
+                    f"DetrHfConfig.d_model ({self.d_model}) must be divisible by {name} ({getattr(self, name)})"
+                )
+        if self.d_model % 2:
+            raise ValueError(f"DetrHfConfig.d_model must be even for the 2-D position encoding, got {self.d_model}")
+        if self.num_denoising_groups < 0 or isinstance(self.num_denoising_groups, bool):
+            raise ValueError(f"DetrHfConfig.num_denoising_groups must be >= 0, got {self.num_denoising_groups!r}")
+        if not 0 <= self.backbone_frozen_stages:
+            raise ValueError(f"DetrHfConfig.backbone_frozen_stages must be >= 0, got {self.backbone_frozen_stages}")
+        for name in ("dropout", "attention_dropout", "activation_dropout", "denoising_label_noise_ratio"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"DetrHfConfig.{name} must be in [0, 1], got {value!r}")
+        for name in (
+            "class_cost", "bbox_cost", "giou_cost", "bbox_loss_coefficient", "giou_loss_coefficient",
+            "eos_coefficient", "init_std", "init_xavier_std", "denoising_box_noise_scale",
+        ):  # fmt: skip
+            if getattr(self, name) < 0:
+                raise ValueError(f"DetrHfConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.activation_function not in _ACTIVATIONS:
+            raise ValueError(
+                f"DetrHfConfig.activation_function must be one of {_ACTIVATIONS}, got {self.activation_function!r}"
+            )
+        if self.position_embedding_type not in _POSITION_TYPES:
+            raise ValueError(
+                f"DetrHfConfig.position_embedding_type must be one of {_POSITION_TYPES}, "
+                f"got {self.position_embedding_type!r}"
+            )
+        if not isinstance(self.backbone_kwargs, dict):
+            raise ValueError(f"DetrHfConfig.backbone_kwargs must be a dict, got {type(self.backbone_kwargs).__name__}")
+        if "features_only" in self.backbone_kwargs or "pretrained" in self.backbone_kwargs:
+            raise ValueError(
+                "DetrHfConfig.backbone_kwargs must not set 'features_only' or 'pretrained'; "
+                "use use_pretrained_backbone / backbone_weights_path"
+            )
+
+
+def _check_backbone_name(name: str) -> None:
+    import timm
+
+    if not timm.is_model(name):
+        raise ValueError(
+            f"DetrHfConfig.backbone={name!r} is not a timm model name "
+            f"(see timm.list_models(); close matches: {timm.list_models(f'*{name[:6]}*')[:5]})"
+        )
