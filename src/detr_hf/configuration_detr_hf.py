@@ -26,9 +26,10 @@ class DetrHfConfig(PretrainedConfig):
         freeze_backbone_batch_norm: replace BatchNorm by frozen BatchNorm. `None` resolves to True
             when the backbone starts from trained weights and False from random weights (frozen random
             BN keeps zero-initialised gammas at zero and kills residual branches).
-        backbone_frozen_stages: number of leading feature stages (timm `feature_info` order; stem is
-            stage 0) whose parameters are frozen. `None` resolves to 2 (stem + first stage, as the
-            paper) with trained weights and 0 otherwise.
+        backbone_frozen_stages: how many leading stages get `requires_grad=False`, counted as
+            mmdetection does: 0 = none, 1 = stem + the stride-4 stage (the paper's choice), 2 = also the
+            stride-8 stage, ... Works for any timm model through its `feature_info`. `None` resolves
+            to 1 with trained weights and 0 otherwise.
     """
 
     model_type = "detr_hf"
@@ -74,12 +75,13 @@ class DetrHfConfig(PretrainedConfig):
         denoising_label_noise_ratio: float = 0.2,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("num_labels", 91)
+        if "num_labels" not in kwargs and "id2label" not in kwargs:
+            kwargs["num_labels"] = 91  # COCO, as the recipe
         trained_backbone = bool(use_pretrained_backbone or backbone_weights_path)
         if freeze_backbone_batch_norm is None:
             freeze_backbone_batch_norm = trained_backbone
         if backbone_frozen_stages is None:
-            backbone_frozen_stages = 2 if trained_backbone else 0
+            backbone_frozen_stages = 1 if trained_backbone else 0
 
         self.backbone = backbone
         # Tuples become lists so the JSON round trip is exact.
@@ -147,11 +149,17 @@ class DetrHfConfig(PretrainedConfig):
                     f"DetrHfConfig.d_model ({self.d_model}) must be divisible by {name} ({getattr(self, name)})"
                 )
         if self.d_model % 2:
-            raise ValueError(f"DetrHfConfig.d_model must be even for the 2-D position encoding, got {self.d_model}")
+            raise ValueError(
+                f"DetrHfConfig.d_model must be even for the 2-D position encoding, got {self.d_model}"
+            )
         if self.num_denoising_groups < 0 or isinstance(self.num_denoising_groups, bool):
-            raise ValueError(f"DetrHfConfig.num_denoising_groups must be >= 0, got {self.num_denoising_groups!r}")
-        if not 0 <= self.backbone_frozen_stages:
-            raise ValueError(f"DetrHfConfig.backbone_frozen_stages must be >= 0, got {self.backbone_frozen_stages}")
+            raise ValueError(
+                f"DetrHfConfig.num_denoising_groups must be >= 0, got {self.num_denoising_groups!r}"
+            )
+        if not self.backbone_frozen_stages >= 0:
+            raise ValueError(
+                f"DetrHfConfig.backbone_frozen_stages must be >= 0, got {self.backbone_frozen_stages}"
+            )
         for name in ("dropout", "attention_dropout", "activation_dropout", "denoising_label_noise_ratio"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -172,7 +180,9 @@ class DetrHfConfig(PretrainedConfig):
                 f"got {self.position_embedding_type!r}"
             )
         if not isinstance(self.backbone_kwargs, dict):
-            raise ValueError(f"DetrHfConfig.backbone_kwargs must be a dict, got {type(self.backbone_kwargs).__name__}")
+            raise ValueError(
+                f"DetrHfConfig.backbone_kwargs must be a dict, got {type(self.backbone_kwargs).__name__}"
+            )
         if "features_only" in self.backbone_kwargs or "pretrained" in self.backbone_kwargs:
             raise ValueError(
                 "DetrHfConfig.backbone_kwargs must not set 'features_only' or 'pretrained'; "

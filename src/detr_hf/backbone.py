@@ -1,0 +1,88 @@
+"""The timm backbone: last feature map, frozen parts, and the padding mask at feature resolution."""
+
+from __future__ import annotations
+
+import logging
+
+import timm
+import torch
+from timm.layers import freeze_batch_norm_2d
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+class DetrHfBackbone(nn.Module):
+    """Runs a timm `features_only` model and returns its last feature level with a matching mask.
+
+    Args:
+        name: timm model name.
+        backbone_kwargs: extra `timm.create_model` arguments (`out_indices`, `output_stride`, ...).
+        pretrained: load timm's pretrained weights from timm's own source.
+        weights_path: load weights from this local file instead (timm's `pretrained_cfg_overlay`).
+        freeze_batch_norm: turn every BatchNorm into a frozen one (fixed affine from running stats).
+        frozen_stages: 0 = train everything; k >= 1 = freeze stem and the stages up to stride 2**(k+1).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        backbone_kwargs: dict | None = None,
+        pretrained: bool = False,
+        weights_path: str | None = None,
+        freeze_batch_norm: bool = False,
+        frozen_stages: int = 0,
+    ) -> None:
+        super().__init__()
+        kwargs = dict(backbone_kwargs or {})
+        kwargs.setdefault("out_indices", (-1,))
+        if isinstance(kwargs["out_indices"], list):
+            kwargs["out_indices"] = tuple(kwargs["out_indices"])
+        # Weights are never fetched while a saved model is being rebuilt on the meta device.
+        on_meta = torch.empty(0).device.type == "meta"
+        load = (pretrained or weights_path is not None) and not on_meta
+        if load and weights_path is not None:
+            kwargs["pretrained_cfg_overlay"] = dict(file=str(weights_path))
+        self.body = timm.create_model(name, pretrained=load, features_only=True, **kwargs)
+        self.num_channels: int = self.body.feature_info.channels()[-1]
+        self.reduction: int = self.body.feature_info.reduction()[-1]
+        if freeze_batch_norm:
+            self.body = freeze_batch_norm_2d(self.body)
+        self.frozen_parameter_names = self._freeze_stages(frozen_stages)
+        # transformers' weight init skips modules flagged as initialised: timm's init (zero last-BN
+        # gammas, etc.) and pretrained weights must survive `post_init`.
+        for module in self.body.modules():
+            module._is_hf_initialized = True
+
+    def _freeze_stages(self, frozen_stages: int) -> list[str]:
+        """Set `requires_grad=False` on every parameter registered before the first unfrozen stage."""
+        if frozen_stages <= 0:
+            return []
+        min_reduction = 2 ** (frozen_stages + 2)
+        boundary = next((i for i in self.body.feature_info.info if i["reduction"] >= min_reduction), None)
+        prefixes = (
+            () if boundary is None else (boundary["module"] + ".", boundary["module"].replace(".", "_") + ".")
+        )
+        frozen = []
+        for param_name, param in self.body.named_parameters():
+            if prefixes and param_name.startswith(prefixes):
+                break
+            param.requires_grad_(False)
+            frozen.append(param_name)
+        return frozen
+
+    def forward(
+        self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """pixel_values [B, C, H, W], pixel_mask [B, H, W] bool (True = pixel) → features [B, C', h, w], mask [B, h, w]."""
+        features = self.body(pixel_values)[-1]
+        mask = downsample_mask(pixel_mask, features.shape[-2:])
+        return features, mask
+
+
+def downsample_mask(pixel_mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize of a [B, H, W] bool mask to `size`, as the original DETR does."""
+    resized = nn.functional.interpolate(
+        pixel_mask[:, None].to(torch.float32), size=tuple(size), mode="nearest"
+    )
+    return resized[:, 0].to(torch.bool)

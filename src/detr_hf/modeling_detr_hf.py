@@ -1,0 +1,294 @@
+"""DetrHfModel (backbone + transformer) and DetrHfForObjectDetection (class and box heads, loss)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .backbone import DetrHfBackbone
+from .configuration_detr_hf import DetrHfConfig
+from .criterion import DetrHfLoss
+from .position_encoding import LearnedPositionEncoding, build_position_encoding
+from .transformer import DetrHfDecoder, DetrHfEncoder, TransformerLinear
+
+
+@dataclass
+class DetrHfModelOutput(ModelOutput):
+    """Outputs of `DetrHfModel`.
+
+    last_hidden_state: [B, Q, d] final decoder output (after the decoder LayerNorm).
+    intermediate_hidden_states: [L, B, Q, d] every decoder layer's normalised output.
+    encoder_last_hidden_state: [B, h*w, d] encoder memory.
+    feature_mask: [B, h, w] bool, True where the feature map covers real pixels.
+    """
+
+    last_hidden_state: torch.Tensor | None = None
+    intermediate_hidden_states: torch.Tensor | None = None
+    encoder_last_hidden_state: torch.Tensor | None = None
+    feature_mask: torch.Tensor | None = None
+    encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    decoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    encoder_attentions: tuple[torch.Tensor, ...] | None = None
+    decoder_attentions: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class DetrHfObjectDetectionOutput(ModelOutput):
+    """Outputs of `DetrHfForObjectDetection`.
+
+    loss: scalar total loss (when `labels` were given); loss_dict: its unweighted terms and logging metrics.
+    logits: [B, Q, num_labels + 1] (last = no object); pred_boxes: [B, Q, 4] normalised (cx, cy, w, h).
+    auxiliary_outputs: one dict {"logits", "pred_boxes"} per earlier decoder layer when `auxiliary_loss`.
+    """
+
+    loss: torch.Tensor | None = None
+    loss_dict: dict | None = None
+    logits: torch.Tensor | None = None
+    pred_boxes: torch.Tensor | None = None
+    auxiliary_outputs: list[dict] | None = None
+    last_hidden_state: torch.Tensor | None = None
+    encoder_last_hidden_state: torch.Tensor | None = None
+    encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    decoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    encoder_attentions: tuple[torch.Tensor, ...] | None = None
+    decoder_attentions: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
+
+
+class DetrHfPreTrainedModel(PreTrainedModel):
+    """Weight init as the original DETR, and loading that never fetches backbone weights."""
+
+    config_class = DetrHfConfig
+    base_model_prefix = "model"
+    main_input_name = "pixel_values"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # The timm backbone is marked initialised (see DetrHfBackbone): it keeps timm's init or its weights.
+        if isinstance(module, TransformerLinear):
+            init.xavier_uniform_(module.weight, gain=self.config.init_xavier_std)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, LearnedPositionEncoding):
+            init.uniform_(module.row_embeddings.weight)
+            init.uniform_(module.column_embeddings.weight)
+        elif isinstance(module, nn.Embedding) and module.weight.shape[-1] == self.config.d_model:
+            init.normal_(module.weight, mean=0.0, std=1.0)
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+            _torch_default_init(module)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`; the backbone's weights come from the checkpoint, never timm's source."""
+        config = kwargs.get("config")
+        if isinstance(config, DetrHfConfig):
+            config.use_pretrained_backbone = False
+            config.backbone_weights_path = None
+        else:
+            kwargs.setdefault("use_pretrained_backbone", False)
+            kwargs.setdefault("backbone_weights_path", None)
+        return super().from_pretrained(*args, **kwargs)
+
+
+def _torch_default_init(module: nn.Module) -> None:
+    """PyTorch's own Linear/Conv init (kaiming-uniform weight, fan-in uniform bias), as the original DETR keeps."""
+    init.kaiming_uniform_(module.weight, a=5**0.5)
+    if module.bias is not None:
+        fan_in = module.weight[0].numel()
+        bound = 1 / fan_in**0.5
+        init.uniform_(module.bias, -bound, bound)
+
+
+class DetrHfModel(DetrHfPreTrainedModel):
+    """Backbone → 1×1 projection → position encoding → encoder → decoder over learned object queries."""
+
+    def __init__(self, config: DetrHfConfig) -> None:
+        super().__init__(config)
+        self.backbone = DetrHfBackbone(
+            config.backbone,
+            config.backbone_kwargs,
+            pretrained=config.use_pretrained_backbone,
+            weights_path=config.backbone_weights_path,
+            freeze_batch_norm=config.freeze_backbone_batch_norm,
+            frozen_stages=config.backbone_frozen_stages,
+        )
+        self.input_projection = nn.Conv2d(self.backbone.num_channels, config.d_model, kernel_size=1)
+        self.position_encoding = build_position_encoding(
+            config.position_embedding_type,
+            config.d_model,
+            config.max_position_embeddings,
+            config.position_temperature,
+        )
+        self.query_position_embeddings = nn.Embedding(config.num_queries, config.d_model)
+        self.encoder = DetrHfEncoder(config)
+        self.decoder = DetrHfDecoder(config)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> DetrHfModelOutput | tuple:
+        """pixel_values [B, C, H, W] float; pixel_mask [B, H, W] (1 = pixel, 0 = padding; None = all valid)."""
+        output_attentions = bool(output_attentions)
+        output_hidden_states = bool(output_hidden_states)
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        pixel_mask = self._check_inputs(pixel_values, pixel_mask)
+
+        features, mask = self.backbone(pixel_values, pixel_mask)
+        pos = self.position_encoding(mask, features.dtype)
+        source = self.input_projection(features)
+        batch = source.shape[0]
+        # [B, d, h, w] -> [B, h*w, d]: one token per feature-map cell.
+        source = source.flatten(2).transpose(1, 2)
+        pos = pos.flatten(2).transpose(1, 2)
+        key_mask = mask.flatten(1)[:, None, None, :]
+        memory, enc_states, enc_attns = self.encoder(
+            source, pos, key_mask, output_attentions, output_hidden_states
+        )
+        query_pos = self.query_position_embeddings.weight[None].expand(batch, -1, -1)
+        target = torch.zeros_like(query_pos)
+        decoded, dec_states, self_attns, cross_attns = self.decoder(
+            target, query_pos, memory, pos, key_mask, None, output_attentions, output_hidden_states
+        )
+        output = DetrHfModelOutput(
+            last_hidden_state=decoded[-1],
+            intermediate_hidden_states=decoded,
+            encoder_last_hidden_state=memory,
+            feature_mask=mask,
+            encoder_hidden_states=enc_states or None,
+            decoder_hidden_states=dec_states or None,
+            encoder_attentions=enc_attns or None,
+            decoder_attentions=self_attns or None,
+            cross_attentions=cross_attns or None,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _check_inputs(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None) -> torch.Tensor:
+        """Validate shapes and dtypes; return the mask as bool [B, H, W] (True = pixel)."""
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
+            raise ValueError(
+                f"pixel_values must have shape [batch, {self.config.num_channels}, height, width], "
+                f"got {tuple(pixel_values.shape)}"
+            )
+        if not pixel_values.is_floating_point():
+            raise TypeError(
+                f"pixel_values must be a float tensor (normalised by the image processor), got {pixel_values.dtype}"
+            )
+        if not _is_tracing() and not torch.isfinite(pixel_values).all():
+            bad = (~torch.isfinite(pixel_values)).flatten(1).any(1).nonzero().flatten().tolist()
+            raise ValueError(f"pixel_values contain NaN or inf in image(s) {bad}")
+        batch, _, height, width = pixel_values.shape
+        if pixel_mask is None:
+            return torch.ones((batch, height, width), dtype=torch.bool, device=pixel_values.device)
+        if pixel_mask.shape != (batch, height, width):
+            raise ValueError(
+                f"pixel_mask must have shape {(batch, height, width)} to match pixel_values, got {tuple(pixel_mask.shape)}"
+            )
+        if pixel_mask.is_floating_point() or pixel_mask.is_complex():
+            raise TypeError(
+                f"pixel_mask must be an int or bool tensor (1 = pixel, 0 = padding), got {pixel_mask.dtype}"
+            )
+        mask = pixel_mask.to(torch.bool)
+        if not _is_tracing() and not mask.flatten(1).any(1).all():
+            empty = (~mask.flatten(1).any(1)).nonzero().flatten().tolist()
+            raise ValueError(f"pixel_mask has no valid pixel in image(s) {empty}")
+        return mask
+
+
+def _is_tracing() -> bool:
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+
+
+class BoxHead(nn.Module):
+    """3-layer MLP (d → d → d → 4) with ReLU, then sigmoid: normalised (cx, cy, w, h)."""
+
+    def __init__(self, d_model: int, num_layers: int = 3) -> None:
+        super().__init__()
+        dims = [d_model] * num_layers + [4]
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = torch.relu(x)
+        return x.sigmoid()
+
+
+class DetrHfForObjectDetection(DetrHfPreTrainedModel):
+    """DETR for object detection: class logits (num_labels + 1) and boxes for every object query."""
+
+    def __init__(self, config: DetrHfConfig) -> None:
+        super().__init__(config)
+        self.model = DetrHfModel(config)
+        self.class_labels_classifier = nn.Linear(config.d_model, config.num_labels + 1)
+        self.bbox_predictor = BoxHead(config.d_model)
+        self.post_init()
+
+    def build_criterion(self) -> DetrHfLoss:
+        """The loss module for the current config (rebuilt when the config changes)."""
+        return DetrHfLoss.from_config(self.config)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor | None = None,
+        labels: list[dict[str, torch.Tensor]] | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> DetrHfObjectDetectionOutput | tuple:
+        """labels: one dict per image with `class_labels` [N] int64 and `boxes` [N, 4] normalised (cx, cy, w, h)."""
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        out = self.model(pixel_values, pixel_mask, output_attentions, output_hidden_states, return_dict=True)
+        hidden = out.intermediate_hidden_states
+        if not (self.config.auxiliary_loss and (labels is not None or self.training)):
+            hidden = hidden[-1:]
+        # Heads shared by all decoder layers: [L, B, Q, d] -> [L, B, Q, C+1] and [L, B, Q, 4].
+        all_logits = self.class_labels_classifier(hidden)
+        all_boxes = self.bbox_predictor(hidden)
+        logits, pred_boxes = all_logits[-1], all_boxes[-1]
+        auxiliary_outputs = None
+        if len(hidden) > 1:
+            auxiliary_outputs = [
+                {"logits": lg, "pred_boxes": bx} for lg, bx in zip(all_logits[:-1], all_boxes[:-1])
+            ]
+
+        loss = loss_dict = None
+        if labels is not None:
+            loss, loss_dict = self.build_criterion().to(logits.device)(
+                logits, pred_boxes, labels, auxiliary_outputs
+            )
+        output = DetrHfObjectDetectionOutput(
+            loss=loss,
+            loss_dict=loss_dict,
+            logits=logits,
+            pred_boxes=pred_boxes,
+            auxiliary_outputs=auxiliary_outputs,
+            last_hidden_state=out.last_hidden_state,
+            encoder_last_hidden_state=out.encoder_last_hidden_state,
+            encoder_hidden_states=out.encoder_hidden_states,
+            decoder_hidden_states=out.decoder_hidden_states,
+            encoder_attentions=out.encoder_attentions,
+            decoder_attentions=out.decoder_attentions,
+            cross_attentions=out.cross_attentions,
+        )
+        return output if return_dict else output.to_tuple()
