@@ -71,7 +71,19 @@ class FeedForward(nn.Module):
         return self.fc2(self.dropout(self.activation(self.fc1(x))))
 
 
-class EncoderLayer(GradientCheckpointingLayer):
+class _ResidualLayer(GradientCheckpointingLayer):
+    """Shared residual wiring: post-norm `norm(h + drop(f(h)))`, or pre-norm `h + drop(f(norm(h)))`."""
+
+    def _residual(
+        self, hidden: torch.Tensor, norm: nn.LayerNorm, block
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = norm(hidden) if self.pre_norm else hidden
+        out, weights = block(x)
+        hidden = hidden + self.dropout(out)
+        return (hidden if self.pre_norm else norm(hidden)), weights
+
+
+class EncoderLayer(_ResidualLayer):
     """Self-attention (positions added to q and k) then FFN, each with residual and LayerNorm."""
 
     def __init__(self, config) -> None:
@@ -90,19 +102,16 @@ class EncoderLayer(GradientCheckpointingLayer):
         self, hidden: torch.Tensor, pos: torch.Tensor, key_mask: torch.Tensor, output_attentions: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """hidden, pos [B, S, d]; key_mask [B, 1, 1, S] bool (True = real pixel)."""
-        x = self.self_attn_layer_norm(hidden) if self.pre_norm else hidden
-        attn, weights = self.self_attn(x + pos, x + pos, x, key_mask, output_attentions)
-        hidden = hidden + self.dropout(attn)
-        if not self.pre_norm:
-            hidden = self.self_attn_layer_norm(hidden)
-        x = self.final_layer_norm(hidden) if self.pre_norm else hidden
-        hidden = hidden + self.dropout(self.ffn(x))
-        if not self.pre_norm:
-            hidden = self.final_layer_norm(hidden)
+        hidden, weights = self._residual(
+            hidden,
+            self.self_attn_layer_norm,
+            lambda x: self.self_attn(x + pos, x + pos, x, key_mask, output_attentions),
+        )
+        hidden, _ = self._residual(hidden, self.final_layer_norm, lambda x: (self.ffn(x), None))
         return hidden, weights
 
 
-class DecoderLayer(GradientCheckpointingLayer):
+class DecoderLayer(_ResidualLayer):
     """Query self-attention, cross-attention to the encoder memory, FFN; query positions in q (and k)."""
 
     def __init__(self, config) -> None:
@@ -130,24 +139,19 @@ class DecoderLayer(GradientCheckpointingLayer):
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """hidden, query_pos [B, Q, d]; memory, memory_pos [B, S, d]; memory_mask [B, 1, 1, S]; self_attn_mask [Q, Q]."""
-        x = self.self_attn_layer_norm(hidden) if self.pre_norm else hidden
-        attn, self_weights = self.self_attn(
-            x + query_pos, x + query_pos, x, self_attn_mask, output_attentions
+        hidden, self_weights = self._residual(
+            hidden,
+            self.self_attn_layer_norm,
+            lambda x: self.self_attn(x + query_pos, x + query_pos, x, self_attn_mask, output_attentions),
         )
-        hidden = hidden + self.dropout(attn)
-        if not self.pre_norm:
-            hidden = self.self_attn_layer_norm(hidden)
-        x = self.encoder_attn_layer_norm(hidden) if self.pre_norm else hidden
-        attn, cross_weights = self.encoder_attn(
-            x + query_pos, memory + memory_pos, memory, memory_mask, output_attentions
+        hidden, cross_weights = self._residual(
+            hidden,
+            self.encoder_attn_layer_norm,
+            lambda x: self.encoder_attn(
+                x + query_pos, memory + memory_pos, memory, memory_mask, output_attentions
+            ),
         )
-        hidden = hidden + self.dropout(attn)
-        if not self.pre_norm:
-            hidden = self.encoder_attn_layer_norm(hidden)
-        x = self.final_layer_norm(hidden) if self.pre_norm else hidden
-        hidden = hidden + self.dropout(self.ffn(x))
-        if not self.pre_norm:
-            hidden = self.final_layer_norm(hidden)
+        hidden, _ = self._residual(hidden, self.final_layer_norm, lambda x: (self.ffn(x), None))
         return hidden, self_weights, cross_weights
 
 
