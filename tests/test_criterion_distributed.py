@@ -1,0 +1,57 @@
+"""Two real CPU processes (torchrun and accelerate) on halves of a batch equal one process on the whole batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from distributed_loss_worker import TERMS, single_process_result
+
+WORKER = Path(__file__).with_name("distributed_loss_worker.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_command(launcher: str, out: Path) -> list[str]:
+    if launcher == "torchrun":
+        prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    else:
+        prefix = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+        prefix += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        prefix += ["--main_process_port", str(free_port())]
+    return [*prefix, str(WORKER), launcher, str(out)]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_processes_equal_one(launcher, tmp_path):
+    out = tmp_path / "result.json"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(WORKER.parent), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        launch_command(launcher, out), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=110
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    distributed = json.loads(out.read_text())
+    single = single_process_result()
+
+    for name, got, expected in zip(["loss", *TERMS], distributed["terms"], single["terms"]):
+        assert abs(got - expected) < 1e-5, (name, got, expected)
+    assert single["grads"].keys() == distributed["grads"].keys()
+    for name, grad in single["grads"].items():
+        torch.testing.assert_close(
+            torch.tensor(distributed["grads"][name]), torch.tensor(grad), atol=1e-5, rtol=0
+        )
+        assert torch.tensor(grad).abs().sum() > 0, name
