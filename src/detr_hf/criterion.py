@@ -11,8 +11,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
-from detr_hf.box_ops import box_convert, generalized_box_iou
-from detr_hf.matcher import (
+from .box_ops import box_convert, generalized_box_iou
+from .matcher import (
     HungarianMatcher,
     check_prediction_shapes,
     check_predictions_finite,
@@ -20,7 +20,7 @@ from detr_hf.matcher import (
 )
 
 if TYPE_CHECKING:
-    from detr_hf.configuration_detr_hf import DetrHfConfig
+    from .configuration_detr_hf import DetrHfConfig
 
 __all__ = ["DetrHfLoss", "global_normalizers"]
 

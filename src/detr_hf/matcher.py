@@ -10,7 +10,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from detr_hf.box_ops import box_convert, generalized_box_iou
+from .box_ops import box_convert, generalized_box_iou
 
 __all__ = ["HungarianMatcher", "PackedTargets", "pack_targets", "check_predictions_finite"]
 
