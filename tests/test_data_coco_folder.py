@@ -1,0 +1,137 @@
+"""Loading a COCO folder: category mapping, empty images, clipping, corrupt files, clear errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from detr_hf.data.coco_folder import coco_category_ids, load_coco_folder
+
+
+def _write_folder(tmp_path, annotations, extra_images=(), categories=None):
+    """Three good 40×30 PNGs (ids 1-3) plus `extra_images` [(id, file_name, bytes|None)]."""
+    images = []
+    for image_id in (1, 2, 3):
+        name = f"img{image_id}.png"
+        Image.fromarray(np.full((30, 40, 3), image_id * 40, dtype=np.uint8)).save(tmp_path / name)
+        images.append({"id": image_id, "file_name": name, "width": 40, "height": 30})
+    for image_id, name, data in extra_images:
+        if data is not None:
+            (tmp_path / name).write_bytes(data)
+        images.append({"id": image_id, "file_name": name, "width": 40, "height": 30})
+    categories = categories or [{"id": 7, "name": "cat"}, {"id": 3, "name": "dog"}, {"id": 90, "name": "cow"}]
+    path = tmp_path / "instances_val.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path
+
+
+def _ann(ann_id, image_id, bbox, category_id=7, **extra):
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "bbox": bbox,
+        "category_id": category_id,
+        "area": 11.0,
+        **extra,
+    }
+
+
+def test_categories_map_to_contiguous_labels_and_empty_images_stay(tmp_path):
+    anns = [_ann(1, 1, [1, 2, 10, 5], 90), _ann(2, 1, [20, 10, 4, 4], 3), _ann(3, 2, [0, 0, 40, 30], 7)]
+    ds = load_coco_folder(tmp_path, _write_folder(tmp_path, anns))
+    names = ds.features["objects"]["category"].feature.names
+    assert names == ["dog", "cat", "cow"]  # ascending COCO id: 3, 7, 90
+    assert coco_category_ids(ds) == [3, 7, 90]
+    rows = {row["image_id"]: row for row in ds}
+    assert sorted(rows) == [1, 2, 3]
+    assert rows[1]["objects"]["category"] == [2, 0]
+    assert rows[1]["objects"]["bbox"] == [[1, 2, 10, 5], [20, 10, 4, 4]]
+    assert rows[1]["objects"]["area"] == [11.0, 11.0]  # the json's own areas when nothing was clipped
+    assert rows[1]["objects"]["id"] == [1, 2]
+    assert rows[3]["objects"] == {"id": [], "area": [], "bbox": [], "category": []}
+    assert (rows[2]["width"], rows[2]["height"]) == (40, 30)
+    assert rows[2]["image"].size == (40, 30)
+    assert np.asarray(rows[2]["image"])[0, 0].tolist() == [80, 80, 80]
+
+
+def test_out_of_image_boxes_clipped_and_degenerate_dropped(tmp_path, caplog):
+    anns = [
+        _ann(1, 1, [-5, -5, 15, 10]),  # clipped to [0, 0, 10, 5]
+        _ann(2, 1, [35, 25, 20, 20]),  # clipped to [35, 25, 5, 5]
+        _ann(3, 1, [50, 5, 4, 4]),  # entirely outside
+        _ann(4, 1, [5, 5, 0, 3]),  # zero width
+        _ann(5, 2, [5, 5, 3, 3], iscrowd=1),  # crowd: left out
+    ]
+    with caplog.at_level(logging.WARNING, logger="detr_hf.data.coco_folder"):
+        ds = load_coco_folder(tmp_path, _write_folder(tmp_path, anns))
+    rows = {row["image_id"]: row for row in ds}
+    assert rows[1]["objects"]["bbox"] == [[0, 0, 10, 5], [35, 25, 5, 5]]
+    assert rows[1]["objects"]["area"] == [50.0, 25.0]  # recomputed for clipped boxes
+    assert rows[2]["objects"]["bbox"] == []
+    box_warnings = [r.getMessage() for r in caplog.records if "boxes" in r.getMessage()]
+    assert len(box_warnings) == 1
+    assert "dropped 2 boxes" in box_warnings[0] and "clipped 2 boxes" in box_warnings[0]
+
+
+def test_corrupt_truncated_and_missing_images_skipped_with_one_warning(tmp_path, caplog):
+    good = tmp_path / "probe.png"
+    Image.fromarray(np.zeros((30, 40, 3), dtype=np.uint8)).save(good)
+    png = good.read_bytes()
+    extra = [
+        (10, "garbage.png", b"not an image at all"),
+        (11, "truncated.png", png[: len(png) // 2]),
+        (12, "gone.png", None),
+    ]
+    anns = [_ann(1, 10, [1, 1, 5, 5]), _ann(2, 2, [1, 1, 5, 5])]
+    with caplog.at_level(logging.WARNING, logger="detr_hf.data.coco_folder"):
+        ds = load_coco_folder(tmp_path, _write_folder(tmp_path, anns, extra_images=extra))
+    assert sorted(ds["image_id"]) == [1, 2, 3]
+    image_warnings = [r.getMessage() for r in caplog.records if "images" in r.getMessage()]
+    assert len(image_warnings) == 1 and "skipped 3 of 6 images" in image_warnings[0]
+    # Every kept row decodes: nothing corrupt is left for the training loop.
+    assert all(row["image"].size == (40, 30) for row in ds)
+
+
+def test_image_size_disagreeing_with_json_is_skipped(tmp_path):
+    Image.fromarray(np.zeros((10, 10, 3), dtype=np.uint8)).save(tmp_path / "small.png")
+    ds = load_coco_folder(tmp_path, _write_folder(tmp_path, [], extra_images=[(20, "small.png", None)]))
+    assert 20 not in ds["image_id"]
+
+
+def test_unknown_category_names_the_annotation(tmp_path):
+    path = _write_folder(tmp_path, [_ann(1, 1, [1, 1, 5, 5]), _ann(42, 2, [1, 1, 5, 5], category_id=5)])
+    with pytest.raises(ValueError, match="annotation id 42 has category_id 5"):
+        load_coco_folder(tmp_path, path)
+
+
+@pytest.mark.parametrize(
+    ("annotation", "message"),
+    [
+        (_ann(8, 99, [1, 1, 5, 5]), "annotation id 8 names unknown image_id 99"),
+        (_ann(9, 1, [1, 1, 5]), "annotation id 9 has bbox"),
+    ],
+)
+def test_malformed_annotations_name_the_id(tmp_path, annotation, message):
+    with pytest.raises(ValueError, match=message):
+        load_coco_folder(tmp_path, _write_folder(tmp_path, [annotation]))
+
+
+def test_duplicate_category_names_rejected(tmp_path):
+    cats = [{"id": 1, "name": "a"}, {"id": 2, "name": "a"}]
+    with pytest.raises(ValueError, match="repeated: \\['a'\\]"):
+        load_coco_folder(tmp_path, _write_folder(tmp_path, [], categories=cats))
+
+
+def test_loaded_folder_goes_through_the_transforms(tmp_path):
+    from detr_hf.data.transforms import build_eval_transform, make_transform_fn
+
+    ds = load_coco_folder(tmp_path, _write_folder(tmp_path, [_ann(1, 1, [4, 2, 8, 6], 90)]))
+    view = ds.with_transform(make_transform_fn(build_eval_transform(size=60, max_size=80)))
+    row = next(r for r in view if r["target"]["image_id"] == 1)
+    assert row["orig_size"] == [30, 40] and row["size"] == [60, 80]
+    assert row["target"]["annotations"][0]["bbox"] == [8.0, 4.0, 16.0, 12.0]
+    assert row["target"]["annotations"][0]["category_id"] == 2
