@@ -124,9 +124,12 @@ def check_predictions_finite(
 
     logits [L, B, Q, C+1] and pred_boxes [L, B, Q, 4] stack the decoder layers named by `layer_names`.
     """
+    # A NaN or inf anywhere makes the sum non-finite: one cheap reduction, the full scan only on failure.
+    if bool(torch.isfinite(logits.sum() + pred_boxes.sum())):
+        return
     bad = torch.stack([~torch.isfinite(t).flatten(2).all(-1) for t in (logits, pred_boxes)])  # [2, L, B]
     if not bool(bad.any()):
-        return
+        return  # finite values whose sum overflowed
     which, layer, image = (int(v) for v in bad.nonzero()[0])
     tensor = ("logits", "pred_boxes")[which]
     raise ValueError(
