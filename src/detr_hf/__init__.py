@@ -1,8 +1,9 @@
 """detr_hf: DETR object detection for the Hugging Face ecosystem (importing it registers the Auto classes)."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForObjectDetection
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForObjectDetection
 
 from .configuration_detr_hf import DetrHfConfig
+from .image_processing_detr_hf import DetrHfImageProcessor
 from .modeling_detr_hf import (
     DetrHfForObjectDetection,
     DetrHfModel,
@@ -16,10 +17,17 @@ __version__ = "0.1.0"
 AutoConfig.register(DetrHfConfig.model_type, DetrHfConfig, exist_ok=True)
 AutoModel.register(DetrHfConfig, DetrHfModel, exist_ok=True)
 AutoModelForObjectDetection.register(DetrHfConfig, DetrHfForObjectDetection, exist_ok=True)
+AutoImageProcessor.register(DetrHfConfig, slow_image_processor_class=DetrHfImageProcessor, exist_ok=True)
+# Saved folders carry their code: each class records itself in `auto_map` (see detr_hf.sharing).
+DetrHfConfig.register_for_auto_class("AutoConfig")
+DetrHfModel.register_for_auto_class("AutoModel")
+DetrHfForObjectDetection.register_for_auto_class("AutoModelForObjectDetection")
+DetrHfImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 __all__ = [
     "DetrHfConfig",
     "DetrHfForObjectDetection",
+    "DetrHfImageProcessor",
     "DetrHfModel",
     "DetrHfModelOutput",
     "DetrHfObjectDetectionOutput",

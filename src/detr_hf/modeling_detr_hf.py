@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
@@ -14,6 +14,7 @@ from .backbone import DetrHfBackbone
 from .configuration_detr_hf import DetrHfConfig
 from .criterion import DetrHfLoss
 from .position_encoding import LearnedPositionEncoding, build_position_encoding
+from .sharing import push_with_card, save_with_code_and_card
 from .transformer import DetrHfDecoder, DetrHfEncoder, TransformerLinear
 
 
@@ -91,13 +92,26 @@ class DetrHfPreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, *args, **kwargs):
         """`PreTrainedModel.from_pretrained`; the backbone's weights come from the checkpoint, never timm's source."""
         config = kwargs.get("config")
-        if isinstance(config, DetrHfConfig):
+        # Not `DetrHfConfig`: under trust_remote_code the config class may come from another module copy.
+        if isinstance(config, PretrainedConfig):
             config.use_pretrained_backbone = False
             config.backbone_weights_path = None
         else:
             kwargs.setdefault("use_pretrained_backbone", False)
             kwargs.setdefault("backbone_weights_path", None)
         return super().from_pretrained(*args, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, model_card: dict | None = None, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus the code of all four auto classes (`auto_map`) and a generated
+        README.md (`model_card`: keyword arguments of `detr_hf.modelcard.build_model_card`)."""
+        return save_with_code_and_card(
+            super().save_pretrained, self.config, save_directory, args, kwargs, model_card
+        )
+
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """`PreTrainedModel.push_to_hub` that uploads the generated model card (see `save_pretrained`)."""
+        tags = list(dict.fromkeys([*(self.model_tags or []), *(kwargs.pop("tags", None) or [])]))
+        return push_with_card(self.save_pretrained, repo_id, tags=tags or None, **kwargs)
 
 
 def _torch_default_init(module: nn.Module) -> None:
