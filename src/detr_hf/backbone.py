@@ -17,6 +17,7 @@ class DetrHfBackbone(nn.Module):
 
     Args:
         name: timm model name.
+        num_channels: input channels (timm's `in_chans`).
         backbone_kwargs: extra `timm.create_model` arguments (`out_indices`, `output_stride`, ...).
         pretrained: load timm's pretrained weights from timm's own source.
         weights_path: load weights from this local file instead (timm's `pretrained_cfg_overlay`).
@@ -28,6 +29,7 @@ class DetrHfBackbone(nn.Module):
         self,
         name: str,
         backbone_kwargs: dict | None = None,
+        num_channels: int = 3,
         pretrained: bool = False,
         weights_path: str | None = None,
         freeze_batch_norm: bool = False,
@@ -36,6 +38,7 @@ class DetrHfBackbone(nn.Module):
         super().__init__()
         kwargs = dict(backbone_kwargs or {})
         kwargs.setdefault("out_indices", (-1,))
+        kwargs.setdefault("in_chans", num_channels)
         if isinstance(kwargs["out_indices"], list):
             kwargs["out_indices"] = tuple(kwargs["out_indices"])
         # Weights are never fetched while a saved model is being rebuilt on the meta device.
@@ -43,7 +46,13 @@ class DetrHfBackbone(nn.Module):
         load = (pretrained or weights_path is not None) and not on_meta
         if load and weights_path is not None:
             kwargs["pretrained_cfg_overlay"] = dict(file=str(weights_path))
-        self.body = timm.create_model(name, pretrained=load, features_only=True, **kwargs)
+        try:
+            self.body = timm.create_model(name, pretrained=load, features_only=True, **kwargs)
+        except (TypeError, IndexError) as error:
+            # timm reports a bad keyword or out_indices without saying where it came from.
+            raise ValueError(
+                f"timm.create_model({name!r}) rejected DetrHfConfig.backbone_kwargs {backbone_kwargs}: {error!r}"
+            ) from error
         self.num_channels: int = self.body.feature_info.channels()[-1]
         self.reduction: int = self.body.feature_info.reduction()[-1]
         if freeze_batch_norm:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
+import logging
 from typing import Any
 
 from transformers import PretrainedConfig
+
+logger = logging.getLogger(__name__)
 
 _ACTIVATIONS = ("relu", "gelu", "silu", "gelu_new", "quick_gelu")
 _POSITION_TYPES = ("sine", "learned")
@@ -75,6 +81,7 @@ class DetrHfConfig(PretrainedConfig):
         denoising_label_noise_ratio: float = 0.2,
         **kwargs: Any,
     ) -> None:
+        _warn_unknown_fields(kwargs)
         if "num_labels" not in kwargs and "id2label" not in kwargs:
             kwargs["num_labels"] = 91  # COCO, as the recipe
         trained_backbone = bool(use_pretrained_backbone or backbone_weights_path)
@@ -143,6 +150,8 @@ class DetrHfConfig(PretrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"DetrHfConfig.{name} must be an integer >= 1, got {value!r}")
+        if self.num_labels < 1:
+            raise ValueError(f"DetrHfConfig.num_labels must be >= 1 (id2label has {self.num_labels} entries)")
         for name in ("encoder_attention_heads", "decoder_attention_heads"):
             if self.d_model % getattr(self, name):
                 raise ValueError(
@@ -162,14 +171,15 @@ class DetrHfConfig(PretrainedConfig):
             )
         for name in ("dropout", "attention_dropout", "activation_dropout", "denoising_label_noise_ratio"):
             value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
+            if not _is_number(value) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"DetrHfConfig.{name} must be in [0, 1], got {value!r}")
         for name in (
             "class_cost", "bbox_cost", "giou_cost", "bbox_loss_coefficient", "giou_loss_coefficient",
             "eos_coefficient", "init_std", "init_xavier_std", "denoising_box_noise_scale",
         ):  # fmt: skip
-            if getattr(self, name) < 0:
-                raise ValueError(f"DetrHfConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not _is_number(value) or not value >= 0:  # `not >=` also rejects NaN
+                raise ValueError(f"DetrHfConfig.{name} must be a number >= 0, got {value!r}")
         if self.activation_function not in _ACTIVATIONS:
             raise ValueError(
                 f"DetrHfConfig.activation_function must be one of {_ACTIVATIONS}, got {self.activation_function!r}"
@@ -188,6 +198,30 @@ class DetrHfConfig(PretrainedConfig):
                 "DetrHfConfig.backbone_kwargs must not set 'features_only' or 'pretrained'; "
                 "use use_pretrained_backbone / backbone_weights_path"
             )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@functools.cache
+def _known_fields() -> frozenset[str]:
+    own = set(inspect.signature(DetrHfConfig.__init__).parameters) - {"self", "kwargs"}
+    base = set(PretrainedConfig().to_dict()) | set(inspect.signature(PretrainedConfig.__init__).parameters)
+    # Keys transformers itself reads from kwargs or writes to config.json.
+    extra = {"num_labels", "torch_dtype", "name_or_path", "_commit_hash", "attn_implementation", "auto_map"}
+    return frozenset(own | base | extra | {"experts_implementation", "per_layer_config"})
+
+
+def _warn_unknown_fields(kwargs: dict[str, Any]) -> None:
+    """Unknown fields are kept (a config from a newer detr_hf still loads) but named, with the closest known field."""
+    known = _known_fields()
+    for name in sorted(set(kwargs) - known):
+        if name.startswith("_"):
+            continue
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        logger.warning("DetrHfConfig: unknown field %r is kept but not used by detr_hf%s", name, hint)
 
 
 def _check_backbone_name(name: str) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers import initialization as init
@@ -99,7 +101,23 @@ class DetrHfPreTrainedModel(PreTrainedModel):
         else:
             kwargs.setdefault("use_pretrained_backbone", False)
             kwargs.setdefault("backbone_weights_path", None)
-        return super().from_pretrained(*args, **kwargs)
+        # Weights only from safetensors: a pytorch_model.bin is a pickle. `use_safetensors=False` opts in.
+        safetensors_only = kwargs.setdefault("use_safetensors", True)
+        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        try:
+            return super().from_pretrained(*args, **kwargs)
+        except SafetensorError as error:
+            raise OSError(
+                f"unreadable safetensors file {_unreadable_safetensors(source)}: {error}"
+            ) from error
+        except OSError as error:
+            if safetensors_only and source is not None and (Path(source) / "pytorch_model.bin").is_file():
+                raise OSError(
+                    f"{source} has pytorch_model.bin but no model.safetensors; detr_hf loads weights only from "
+                    "safetensors (a .bin file is a pickle). Re-save it with save_pretrained, or pass "
+                    "use_safetensors=False if you trust the file."
+                ) from error
+            raise
 
     def save_pretrained(self, save_directory, *args, model_card: dict | None = None, **kwargs):
         """`PreTrainedModel.save_pretrained`, plus the code of all four auto classes (`auto_map`) and a generated
@@ -112,6 +130,18 @@ class DetrHfPreTrainedModel(PreTrainedModel):
         """`PreTrainedModel.push_to_hub` that uploads the generated model card (see `save_pretrained`)."""
         tags = list(dict.fromkeys([*(self.model_tags or []), *(kwargs.pop("tags", None) or [])]))
         return push_with_card(self.save_pretrained, repo_id, tags=tags or None, **kwargs)
+
+
+def _unreadable_safetensors(source) -> str:
+    """The first .safetensors file in a local folder whose header does not parse (else `source` itself)."""
+    folder = Path(str(source))
+    for file in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+        try:
+            with safe_open(file, "pt"):
+                pass
+        except SafetensorError:
+            return str(file)
+    return str(source)
 
 
 def _torch_default_init(module: nn.Module) -> None:
@@ -131,6 +161,7 @@ class DetrHfModel(DetrHfPreTrainedModel):
         self.backbone = DetrHfBackbone(
             config.backbone,
             config.backbone_kwargs,
+            num_channels=config.num_channels,
             pretrained=config.use_pretrained_backbone,
             weights_path=config.backbone_weights_path,
             freeze_batch_norm=config.freeze_backbone_batch_norm,
