@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 import types
@@ -62,18 +63,19 @@ def loss_functions(logits, box_logits, labels) -> dict[str, Callable[[], torch.T
 def time_alternating(
     fns: dict[str, Callable[[], torch.Tensor]], backward: bool, repeats: int
 ) -> dict[str, float]:
-    """Median seconds per call, the candidates alternating each round after one warm-up round."""
+    """Median seconds per call after one warm-up round; the order flips every round so neither candidate
+    always runs right after the other."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for round_ in range(repeats + 1):
-        for name, fn in fns.items():
+        for name in list(fns) if round_ % 2 else list(fns)[::-1]:
             start = time.perf_counter()
-            loss = fn()
+            loss = fns[name]()
             if backward:
                 loss.backward()
             elapsed = time.perf_counter() - start
             if round_:
                 times[name].append(elapsed)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
 
 
 def run(quick: bool = False) -> dict:
@@ -86,11 +88,14 @@ def run(quick: bool = False) -> dict:
         entry: dict = {"loss_abs_diff": abs(values["detr_hf"] - values["transformers"])}
         repeats = (3 if batch >= 64 else 10) if quick else (9 if batch >= 64 else 30)
         for mode, backward in (("forward", False), ("forward+backward", True)):
-            medians = time_alternating(fns, backward, repeats)
+            times = time_alternating(fns, backward, repeats)
+            medians = {name: statistics.median(values) for name, values in times.items()}
             entry[mode] = {
                 "detr_hf_ms": 1e3 * medians["detr_hf"],
                 "transformers_ms": 1e3 * medians["transformers"],
                 "ratio": medians["detr_hf"] / medians["transformers"],
+                # Minimums are less sensitive to other load on the machine.
+                "ratio_of_min": min(times["detr_hf"]) / min(times["transformers"]),
             }
         results[f"B={batch}"] = entry
     return results
@@ -99,15 +104,21 @@ def run(quick: bool = False) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"load average (1 min) at start: {os.getloadavg()[0]:.2f}")
     print(f"matcher + loss, {LAYERS} decoder layers (aux on), {QUERIES} queries, {NUM_LABELS + 1} logits, "
           f"5-20 targets/image, torch threads {torch.get_num_threads()}")  # fmt: skip
-    print(f"{'batch':>6} {'mode':>17} {'detr_hf ms':>11} {'transformers ms':>16} {'ratio':>7}  |loss diff|")
+    print(
+        f"{'batch':>6} {'mode':>17} {'detr_hf ms':>11} {'transformers ms':>16} {'ratio':>7} {'min ratio':>9}  |loss diff|"
+    )
     for key, entry in run(args.quick).items():
         for mode in ("forward", "forward+backward"):
             m = entry[mode]
             print(
-                f"{key:>6} {mode:>17} {m['detr_hf_ms']:11.2f} {m['transformers_ms']:16.2f} {m['ratio']:7.3f}"
+                f"{key:>6} {mode:>17} {m['detr_hf_ms']:11.2f} {m['transformers_ms']:16.2f} {m['ratio']:7.3f} {m['ratio_of_min']:9.3f}"
                 f"  {entry['loss_abs_diff']:.2e}"
             )
 

@@ -9,7 +9,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn import functional as F
 
 from .box_ops import box_convert, generalized_box_iou
 from .matcher import (
@@ -137,7 +136,7 @@ class DetrHfLoss(nn.Module):
         dict {"logits", "pred_boxes"} per earlier decoder layer, first layer first, or None.
         Returns (loss, loss_dict)."""
         all_logits, all_boxes, names = self._stack_layers(logits, pred_boxes, auxiliary_outputs)
-        layers, batch, queries, num_classes = all_logits.shape
+        layers, batch, queries = all_logits.shape[:3]
         device = logits.device
         dtype = torch.promote_types(all_boxes.dtype, torch.float32)
         targets = pack_targets(labels, batch, self.num_labels, device, dtype)
@@ -148,7 +147,11 @@ class DetrHfLoss(nn.Module):
         weight_sum = num_matched + self.eos_coefficient * (batch * queries - num_matched)
         num_boxes, class_norm = global_normalizers(sum(targets.counts), weight_sum, device).to(dtype).unbind()
 
-        query_idx, target_idx = self.matcher.match_layers(all_logits.detach(), all_boxes.detach(), targets)
+        work_logits = all_logits.to(dtype)
+        log_normalizer = work_logits.logsumexp(-1)  # [L, B, Q], shared by the matching cost and the CE
+        query_idx, target_idx = self.matcher.match_layers(
+            all_logits.detach(), all_boxes.detach(), targets, log_normalizer.detach()
+        )
         # One host→device copy: image of each pair [M], query [L, M], flat target [L, M], counts [B].
         image_idx = np.repeat(np.arange(batch), sizes)
         offsets = np.cumsum(targets.counts) - targets.counts
@@ -166,14 +169,10 @@ class DetrHfLoss(nn.Module):
             (layers, batch, queries), self.num_labels, dtype=torch.int64, device=device
         )
         target_classes[layer_t, image_t, query_t] = targets.class_labels[target_t]
-        work_logits = all_logits.to(dtype)
-        ce = F.cross_entropy(
-            work_logits.reshape(-1, num_classes),
-            target_classes.view(-1),
-            weight=self.class_weight.to(dtype),
-            reduction="none",
-        )
-        loss_ce = ce.view(layers, -1).sum(1) / class_norm
+        # Weighted cross-entropy: Σ w[y] · (logsumexp − logit[y]) / Σ w[y], the denominator synced above.
+        nll = log_normalizer - work_logits.gather(-1, target_classes[..., None])[..., 0]
+        weights = self.class_weight.to(dtype)[target_classes]
+        loss_ce = (weights * nll).flatten(1).sum(1) / class_norm
 
         matched_pred = all_boxes.to(dtype)[layer_t, image_t, query_t]  # [L, M, 4]
         matched_target = targets.boxes[target_t]  # [L, M, 4]

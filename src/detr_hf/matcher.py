@@ -195,15 +195,23 @@ class HungarianMatcher(nn.Module):
 
     @torch.no_grad()
     def cost_blocks(
-        self, logits: torch.Tensor, pred_boxes: torch.Tensor, targets: PackedTargets
+        self,
+        logits: torch.Tensor,
+        pred_boxes: torch.Tensor,
+        targets: PackedTargets,
+        log_normalizer: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Matching costs of every layer and image: [L, B, Q, N] from logits [L, B, Q, C+1] and pred_boxes
-        [L, B, Q, 4]; column t of image b is meaningful for t < counts[b] only."""
+        [L, B, Q, 4]; column t of image b is meaningful for t < counts[b] only. `log_normalizer` [L, B, Q],
+        logits.logsumexp(-1), may be passed when the caller has it already."""
         dtype = targets.boxes.dtype
         layers, batch, queries = logits.shape[:3]
-        prob = logits.to(dtype).softmax(-1)
+        logits = logits.to(dtype)
+        if log_normalizer is None:
+            log_normalizer = logits.logsumexp(-1)
         ids = targets.padded_labels[None, :, None, :].expand(layers, batch, queries, -1)
-        class_cost = -prob.gather(-1, ids)
+        # Softmax probability of each target's class, without materialising the full softmax.
+        class_cost = -(logits.gather(-1, ids) - log_normalizer.to(dtype)[..., None]).exp()
         boxes = pred_boxes.to(dtype)
         bbox_cost = torch.cdist(boxes, targets.padded_boxes[None].expand(layers, -1, -1, -1), p=1)
         giou = generalized_box_iou(
@@ -213,7 +221,11 @@ class HungarianMatcher(nn.Module):
 
     @torch.no_grad()
     def match_layers(
-        self, logits: torch.Tensor, pred_boxes: torch.Tensor, targets: PackedTargets
+        self,
+        logits: torch.Tensor,
+        pred_boxes: torch.Tensor,
+        targets: PackedTargets,
+        log_normalizer: torch.Tensor | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Match every stacked layer (logits [L, B, Q, C+1], pred_boxes [L, B, Q, 4]) to validated targets.
 
@@ -227,7 +239,11 @@ class HungarianMatcher(nn.Module):
         if not query_idx.size:
             return query_idx, target_idx
         # One device→host copy for all blocks; scipy wants float64.
-        cost = self.cost_blocks(logits, pred_boxes, targets).to(device="cpu", dtype=torch.float64).numpy()
+        cost = (
+            self.cost_blocks(logits, pred_boxes, targets, log_normalizer)
+            .to(device="cpu", dtype=torch.float64)
+            .numpy()
+        )
         for layer in range(layers):
             start = 0
             for image, n in enumerate(targets.counts):
