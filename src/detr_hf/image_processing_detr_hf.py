@@ -548,6 +548,8 @@ def _composite_on_white(tensor: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def _check_unit_range(tensor: torch.Tensor, index: int) -> None:
+    if not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"image {index} contains NaN or infinite values")
     low, high = torch.aminmax(tensor)
     if low < -1e-3 or high > 1 + 1e-3:
         raise ValueError(

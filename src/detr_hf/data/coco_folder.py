@@ -141,6 +141,12 @@ def load_coco_folder(
         rows["height"].append(height)
         rows["objects"].append(objects)
 
+    if images and len(unreadable) == len(images):
+        # An empty dataset would only fail later, far from the cause.
+        raise ValueError(
+            f"{annotation_file}: no readable image among {len(images)} in {image_dir} "
+            f"(missing, corrupt, truncated or of another size than the json says; first: {', '.join(unreadable[:5])})"
+        )
     if unreadable:
         logger.warning(
             "%s: skipped %d of %d images that are missing, corrupt, truncated or of another size than "
