@@ -1,6 +1,7 @@
 """detr_hf: DETR object detection for the Hugging Face ecosystem (importing it registers the Auto classes)."""
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForObjectDetection
+from transformers.models.auto.modeling_auto import MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES
 
 from .configuration_detr_hf import DetrHfConfig
 from .image_processing_detr_hf import DetrHfImageProcessor
@@ -17,7 +18,14 @@ __version__ = "0.1.0"
 AutoConfig.register(DetrHfConfig.model_type, DetrHfConfig, exist_ok=True)
 AutoModel.register(DetrHfConfig, DetrHfModel, exist_ok=True)
 AutoModelForObjectDetection.register(DetrHfConfig, DetrHfForObjectDetection, exist_ok=True)
-AutoImageProcessor.register(DetrHfConfig, slow_image_processor_class=DetrHfImageProcessor, exist_ok=True)
+# One processor serves both backend slots (it is torch-based), so no "falling back to pil" warning.
+AutoImageProcessor.register(
+    DetrHfConfig,
+    image_processor_classes={"torchvision": DetrHfImageProcessor, "pil": DetrHfImageProcessor},
+    exist_ok=True,
+)
+# pipeline("object-detection") checks support against transformers' own name table, not the Auto registry.
+MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES.setdefault(DetrHfConfig.model_type, DetrHfForObjectDetection.__name__)
 # Saved folders carry their code: each class records itself in `auto_map` (see detr_hf.sharing).
 DetrHfConfig.register_for_auto_class("AutoConfig")
 DetrHfModel.register_for_auto_class("AutoModel")
