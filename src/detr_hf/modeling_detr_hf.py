@@ -198,9 +198,9 @@ class DetrHfModel(DetrHfPreTrainedModel):
         pos = self.position_encoding(mask, features.dtype)
         source = self.input_projection(features)
         batch = source.shape[0]
-        # [B, d, h, w] -> [B, h*w, d]: one token per feature-map cell.
-        source = source.flatten(2).transpose(1, 2)
-        pos = pos.flatten(2).transpose(1, 2)
+        # [B, d, h, w] -> [B, h*w, d]: one token per feature-map cell (a view for channels-last maps).
+        source = source.permute(0, 2, 3, 1).flatten(1, 2)
+        pos = pos.permute(0, 2, 3, 1).flatten(1, 2)
         key_mask = mask.flatten(1)[:, None, None, :]
         memory, enc_states, enc_attns = self.encoder(
             source, pos, key_mask, output_attentions, output_hidden_states
@@ -305,17 +305,16 @@ class DetrHfForObjectDetection(DetrHfPreTrainedModel):
         return_dict = self.config.return_dict if return_dict is None else return_dict
         out = self.model(pixel_values, pixel_mask, output_attentions, output_hidden_states, return_dict=True)
         hidden = out.intermediate_hidden_states
-        if not (self.config.auxiliary_loss and (labels is not None or self.training)):
-            hidden = hidden[-1:]
-        # Heads shared by all decoder layers: [L, B, Q, d] -> [L, B, Q, C+1] and [L, B, Q, 4].
-        all_logits = self.class_labels_classifier(hidden)
-        all_boxes = self.bbox_predictor(hidden)
-        logits, pred_boxes = all_logits[-1], all_boxes[-1]
+        # The last layer goes through the heads on its own, so the aux flag cannot change even the
+        # rounding of the predictions (a GEMM over more rows may block differently).
+        logits = self.class_labels_classifier(hidden[-1])
+        pred_boxes = self.bbox_predictor(hidden[-1])
         auxiliary_outputs = None
-        if len(hidden) > 1:
-            auxiliary_outputs = [
-                {"logits": lg, "pred_boxes": bx} for lg, bx in zip(all_logits[:-1], all_boxes[:-1])
-            ]
+        if self.config.auxiliary_loss and (labels is not None or self.training) and len(hidden) > 1:
+            # Heads shared by the earlier layers: [L-1, B, Q, d] -> [L-1, B, Q, C+1] and [L-1, B, Q, 4].
+            aux_logits = self.class_labels_classifier(hidden[:-1])
+            aux_boxes = self.bbox_predictor(hidden[:-1])
+            auxiliary_outputs = [{"logits": lg, "pred_boxes": bx} for lg, bx in zip(aux_logits, aux_boxes)]
 
         loss = loss_dict = None
         if labels is not None:

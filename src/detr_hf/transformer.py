@@ -38,9 +38,19 @@ class MultiHeadAttention(nn.Module):
         attn_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """query [B, Lq, d], key/value [B, Lk, d]; attn_mask bool broadcastable to [B, heads, Lq, Lk], True = attend."""
-        q = self._heads(self.q_proj(query))
-        k = self._heads(self.k_proj(key))
+        """query [B, Lq, d], key/value [B, Lk, d]; attn_mask bool broadcastable to [B, heads, Lq, Lk], True = attend.
+
+        Passing the same tensor object as `query` and `key` takes the fused q/k projection.
+        """
+        if key is query:
+            # Self-attention with q = k = x + pos: one GEMM against the stacked [Wq; Wk] instead of two.
+            weight = torch.cat((self.q_proj.weight, self.k_proj.weight))
+            bias = torch.cat((self.q_proj.bias, self.k_proj.bias))
+            q, k = F.linear(query, weight, bias).chunk(2, dim=-1)
+            q, k = self._heads(q), self._heads(k)
+        else:
+            q = self._heads(self.q_proj(query))
+            k = self._heads(self.k_proj(key))
         v = self._heads(self.v_proj(value))
         dropout = self.dropout if self.training else 0.0
         weights = None
@@ -105,10 +115,14 @@ class EncoderLayer(_ResidualLayer):
         hidden, weights = self._residual(
             hidden,
             self.self_attn_layer_norm,
-            lambda x: self.self_attn(x + pos, x + pos, x, key_mask, output_attentions),
+            lambda x: self._self_attention(x, pos, key_mask, output_attentions),
         )
         hidden, _ = self._residual(hidden, self.final_layer_norm, lambda x: (self.ffn(x), None))
         return hidden, weights
+
+    def _self_attention(self, x, pos, key_mask, output_attentions):
+        query_key = x + pos
+        return self.self_attn(query_key, query_key, x, key_mask, output_attentions)
 
 
 class DecoderLayer(_ResidualLayer):
@@ -137,22 +151,30 @@ class DecoderLayer(_ResidualLayer):
         memory_mask: torch.Tensor,
         self_attn_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
+        memory_key: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """hidden, query_pos [B, Q, d]; memory, memory_pos [B, S, d]; memory_mask [B, 1, 1, S]; self_attn_mask [Q, Q]."""
+        """hidden, query_pos [B, Q, d]; memory, memory_pos [B, S, d]; memory_mask [B, 1, 1, S]; self_attn_mask [Q, Q].
+
+        memory_key: `memory + memory_pos` when the caller already has it (it is the same for every layer).
+        """
+        if memory_key is None:
+            memory_key = memory + memory_pos
         hidden, self_weights = self._residual(
             hidden,
             self.self_attn_layer_norm,
-            lambda x: self.self_attn(x + query_pos, x + query_pos, x, self_attn_mask, output_attentions),
+            lambda x: self._self_attention(x, query_pos, self_attn_mask, output_attentions),
         )
         hidden, cross_weights = self._residual(
             hidden,
             self.encoder_attn_layer_norm,
-            lambda x: self.encoder_attn(
-                x + query_pos, memory + memory_pos, memory, memory_mask, output_attentions
-            ),
+            lambda x: self.encoder_attn(x + query_pos, memory_key, memory, memory_mask, output_attentions),
         )
         hidden, _ = self._residual(hidden, self.final_layer_norm, lambda x: (self.ffn(x), None))
         return hidden, self_weights, cross_weights
+
+    def _self_attention(self, x, query_pos, attn_mask, output_attentions):
+        query_key = x + query_pos
+        return self.self_attn(query_key, query_key, x, attn_mask, output_attentions)
 
 
 class DetrHfEncoder(nn.Module):
@@ -204,12 +226,20 @@ class DetrHfDecoder(nn.Module):
     ) -> tuple[torch.Tensor, tuple, tuple, tuple]:
         """target, query_pos [B, Q, d] → normalised outputs of every layer [L, B, Q, d], hidden states, attentions."""
         hidden = target
+        memory_key = memory + memory_pos  # the cross-attention keys' input, shared by every layer
         outputs, states, self_attns, cross_attns = [], (), (), ()
         for layer in self.layers:
             if output_hidden_states:
                 states += (hidden,)
             hidden, self_w, cross_w = layer(
-                hidden, query_pos, memory, memory_pos, memory_mask, self_attn_mask, output_attentions
+                hidden,
+                query_pos,
+                memory,
+                memory_pos,
+                memory_mask,
+                self_attn_mask,
+                output_attentions,
+                memory_key,
             )
             outputs.append(self.layer_norm(hidden))
             if output_attentions:
