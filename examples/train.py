@@ -1,0 +1,325 @@
+"""Train detr_hf with Accelerate: `accelerate launch examples/train.py` (no arguments = the built-in demo).
+
+Data: the built-in synthetic shapes (default), `--dataset_name` (HF datasets name or path, cppe-5 schema) or
+`--coco_dir` (+ `--train_annotations`, `--val_annotations`). Model: `--model_name_or_path` (a detr_hf folder
+or Hub id; a new label set gets new heads) or a fresh model (`--backbone` any timm name,
+`--pretrained_backbone` / `--backbone_weights FILE`, size options). Multi-process on CPU:
+`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 examples/train.py ...`.
+
+Outputs in --output_dir: the final model + processor (`save_pretrained`), `eval_results.json` (COCO AP/AR of the
+last evaluation), `train_results.json`, `loss_history.json`, tensorboard logs in `logs/`, and checkpoints:
+
+    checkpoints/step_00000500/   model.safetensors, optimizer.bin, random_states_<rank>.pkl,
+                                 custom_checkpoint_0.pkl (lr scheduler), custom_checkpoint_1.pkl (counters),
+                                 COMPLETE (written last; JSON step/epoch/batches_in_epoch)
+    checkpoints/.tmp-step_.../   an unfinished save: ignored, removed by the next save
+
+A checkpoint is saved in `.tmp-step_N`, fsync'ed, marked COMPLETE, then renamed to `step_N`; only folders
+with COMPLETE are resumed from. `--resume_from_checkpoint latest|PATH` continues exactly: same data order
+(per-epoch seeded sampler, skipped batches), same augmentations (seeded per sample), RNG states, lr
+schedule and counters; on CPU a resumed run ends with bit-identical weights.
+
+Non-finite loss policy: a step whose loss or gradient norm is NaN/inf (on any process) is SKIPPED (no
+optimiser update, gradients dropped; the step counter and lr schedule advance) with a counted warning;
+after --max_consecutive_nonfinite such steps in a row training stops with an error and leaves the last
+complete checkpoint untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from detr_hf.training import (
+    DetectionCollator,
+    EpochSampler,
+    TrainState,
+    build_lr_lambda,
+    build_param_groups,
+    evaluate_coco,
+    find_latest_checkpoint,
+    is_complete_checkpoint,
+    save_checkpoint_atomically,
+)
+from detr_hf.training.cli import add_data_args, add_model_args, build_datasets, build_model, build_processor
+
+logger = logging.getLogger("detr_hf.train")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_args(parser)
+    add_model_args(parser)
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--learning_rate", type=float, default=2e-4)
+    opt.add_argument("--backbone_learning_rate", type=float, default=None, help="default: --learning_rate")
+    opt.add_argument("--weight_decay", type=float, default=1e-4)
+    opt.add_argument("--max_grad_norm", type=float, default=0.1)
+    opt.add_argument("--lr_scheduler", choices=("constant", "step", "cosine"), default="constant")
+    opt.add_argument("--warmup_steps", type=int, default=0)
+    opt.add_argument("--lr_drop_step", type=int, default=None, help="step schedule: optimiser step of the drop")
+    opt.add_argument("--lr_drop_factor", type=float, default=0.1)
+    opt.add_argument("--per_device_train_batch_size", type=int, default=8)
+    opt.add_argument("--per_device_eval_batch_size", type=int, default=16)
+    opt.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    opt.add_argument("--num_train_epochs", type=int, default=10)
+    opt.add_argument("--max_train_steps", type=int, default=None, help="overrides --num_train_epochs")
+    opt.add_argument(
+        "--time_budget_minutes", type=float, default=None,
+        help="stop training after this wall time (then evaluate and save); makes the step count machine-dependent",
+    )  # fmt: skip
+    opt.add_argument("--max_consecutive_nonfinite", type=int, default=10)
+    run = parser.add_argument_group("run")
+    run.add_argument("--output_dir", default="outputs/detr_hf")
+    run.add_argument("--seed", type=int, default=42)
+    run.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None)
+    run.add_argument("--dataloader_num_workers", type=int, default=0)
+    run.add_argument("--torch_threads", type=int, default=None, help="torch.set_num_threads (1 helps on busy machines)")
+    run.add_argument("--checkpointing_steps", default="epoch", help="an integer N (every N steps), 'epoch' or 'no'")
+    run.add_argument("--checkpoints_total_limit", type=int, default=2)
+    run.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder")
+    run.add_argument("--eval_every_epochs", type=int, default=1, help="evaluate every N epochs (0 = only at the end)")
+    run.add_argument("--logging_steps", type=int, default=20)
+    run.add_argument("--report_to", default="tensorboard", help="accelerate tracker name, or 'none'")
+    run.add_argument("--push_to_hub", action="store_true")
+    run.add_argument("--hub_model_id", default=None)
+    run.add_argument("--no_progress_bar", action="store_true")
+    return parser.parse_args(argv)
+
+
+def _resolve_resume(args: argparse.Namespace, checkpoints_dir: Path) -> Path | None:
+    if not args.resume_from_checkpoint:
+        return None
+    if args.resume_from_checkpoint == "latest":
+        found = find_latest_checkpoint(checkpoints_dir)
+        if found is None:
+            logger.warning("no complete checkpoint in %s: starting from scratch", checkpoints_dir)
+        return found
+    path = Path(args.resume_from_checkpoint)
+    if not is_complete_checkpoint(path):
+        raise ValueError(f"{path} is not a complete checkpoint (a step_N folder with a COMPLETE file)")
+    return path
+
+
+def _log_terms(sums: dict[str, torch.Tensor], count: int, accelerator: Accelerator) -> dict[str, float]:
+    """Mean of each logged term over the interval and over processes."""
+    names = sorted(sums)
+    stacked = torch.stack([sums[n] for n in names]).to(accelerator.device) / max(count, 1)
+    stacked = accelerator.reduce(stacked, "mean")
+    return {f"train/{n}": float(v) for n, v in zip(names, stacked)}
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    args = parse_args(argv)
+    output_dir = Path(args.output_dir)
+    checkpoints_dir = output_dir / "checkpoints"
+    report_to = None if args.report_to == "none" else args.report_to
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=False),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if not accelerator.is_main_process:
+        logging.getLogger().setLevel(logging.WARNING)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    set_seed(args.seed)
+
+    train_set, val_set, class_names = build_datasets(args, args.seed)
+    processor = build_processor(args)
+    model = build_model(args, class_names)
+    collator = DetectionCollator(processor)
+    sampler = EpochSampler(len(train_set), seed=args.seed)
+    train_loader = DataLoader(
+        train_set, batch_size=args.per_device_train_batch_size, sampler=sampler, collate_fn=collator,
+        num_workers=args.dataloader_num_workers, drop_last=True,
+        generator=torch.Generator().manual_seed(args.seed),  # keeps the global RNG out of loader start-up
+    )  # fmt: skip
+    val_loader = DataLoader(
+        val_set, batch_size=args.per_device_eval_batch_size, shuffle=False, collate_fn=collator,
+        num_workers=args.dataloader_num_workers,
+    )  # fmt: skip
+
+    backbone_lr = args.learning_rate if args.backbone_learning_rate is None else args.backbone_learning_rate
+    optimizer = torch.optim.AdamW(build_param_groups(model, args.learning_rate, backbone_lr, args.weight_decay))
+    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+
+    batches_per_epoch = len(train_loader)
+    if batches_per_epoch == 0:
+        raise ValueError(
+            f"the train split ({len(train_set)} images) is smaller than one global batch "
+            f"({args.per_device_train_batch_size} × {accelerator.num_processes} processes)"
+        )
+    steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
+    max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    num_epochs = math.ceil(max_steps / steps_per_epoch)
+    # Stepped by hand once per optimiser step (accelerate's wrapper would step it once per process).
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        build_lr_lambda(args.lr_scheduler, args.warmup_steps, max_steps, args.lr_drop_step, args.lr_drop_factor),
+    )
+    state = TrainState()
+    accelerator.register_for_checkpointing(scheduler, state)
+
+    resume = _resolve_resume(args, checkpoints_dir)
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        logger.info("resumed from %s at step %d (epoch %d)", resume, state.completed_steps, state.epoch)
+
+    if report_to:
+        hparams = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers("detr_hf", config=hparams)
+
+    checkpoint_every = None if args.checkpointing_steps in ("epoch", "no") else int(args.checkpointing_steps)
+
+    def checkpoint() -> None:
+        marker = {"step": state.completed_steps, "epoch": state.epoch, "batches_in_epoch": state.batches_in_epoch}
+        save_checkpoint_atomically(accelerator, checkpoints_dir, state.completed_steps, marker, args.checkpoints_total_limit)
+
+    started = time.monotonic()
+    progress = tqdm(
+        total=max_steps, initial=state.completed_steps, desc="train",
+        disable=not accelerator.is_local_main_process or args.no_progress_bar,
+    )  # fmt: skip
+    sums: dict[str, torch.Tensor] = {}
+    count = 0
+    metrics: dict[str, float] = {}
+    stop = state.completed_steps >= max_steps
+    nonfinite_local = False
+    while not stop and state.epoch < num_epochs:
+        sampler.start_epoch(state.epoch)
+        model.train()
+        loader = train_loader
+        if state.batches_in_epoch:
+            loader = accelerator.skip_first_batches(train_loader, state.batches_in_epoch)
+        for batch in loader:
+            with accelerator.accumulate(model):
+                outputs = model(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"], labels=batch["labels"])
+                loss = outputs.loss
+                nonfinite_local |= not bool(torch.isfinite(loss.detach()))
+                accelerator.backward(loss)
+                grad_norm = None
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                skip = False
+                if accelerator.sync_gradients:
+                    flags = torch.tensor(
+                        [float(nonfinite_local or (grad_norm is not None and not torch.isfinite(grad_norm))), 0.0],
+                        device=accelerator.device,
+                    )
+                    if args.time_budget_minutes is not None:
+                        flags[1] = float(time.monotonic() - started > 60 * args.time_budget_minutes)
+                    flags = accelerator.reduce(flags, "sum") if accelerator.num_processes > 1 else flags
+                    skip, out_of_time = bool(flags[0] > 0), bool(flags[1] > 0)
+                    nonfinite_local = False
+                if not skip:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            state.batches_in_epoch += 1
+            with torch.no_grad():
+                for name, value in outputs.loss_dict.items():
+                    sums[name] = sums.get(name, 0) + value.detach().float()
+                sums["loss"] = sums.get("loss", 0) + loss.detach().float()
+            count += 1
+            if not accelerator.sync_gradients:
+                continue
+            state.completed_steps += 1
+            scheduler.step()
+            progress.update(1)
+            if skip:
+                state.skipped_steps += 1
+                state.consecutive_skipped += 1
+                logger.warning(
+                    "step %d: non-finite loss or gradient norm, optimiser step skipped (%d skipped in total)",
+                    state.completed_steps, state.skipped_steps,
+                )  # fmt: skip
+                if state.consecutive_skipped >= args.max_consecutive_nonfinite:
+                    raise RuntimeError(
+                        f"{state.consecutive_skipped} consecutive non-finite steps: training has diverged; "
+                        f"the last complete checkpoint is {find_latest_checkpoint(checkpoints_dir)}"
+                    )
+            else:
+                state.consecutive_skipped = 0
+            if state.completed_steps % args.logging_steps == 0:
+                logs = _log_terms(sums, count, accelerator)
+                logs["train/lr"] = scheduler.get_last_lr()[0]
+                if grad_norm is not None:
+                    logs["train/grad_norm"] = float(grad_norm)
+                state.loss_history.append([state.completed_steps, logs["train/loss"]])
+                progress.set_postfix(loss=f"{logs['train/loss']:.3f}")
+                if report_to:
+                    accelerator.log(logs, step=state.completed_steps)
+                sums, count = {}, 0
+            if checkpoint_every and state.completed_steps % checkpoint_every == 0:
+                checkpoint()
+            if state.completed_steps >= max_steps or out_of_time:
+                stop = True
+                break
+        else:
+            state.epoch += 1
+            state.batches_in_epoch = 0
+            if args.checkpointing_steps == "epoch":
+                checkpoint()
+            if args.eval_every_epochs and state.epoch % args.eval_every_epochs == 0 and state.epoch < num_epochs:
+                metrics = _evaluate(model, val_loader, processor, accelerator, args, state, report_to)
+    progress.close()
+
+    final_predictions: list = []
+    metrics = _evaluate(model, val_loader, processor, accelerator, args, state, report_to, final_predictions)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.save_pretrained(output_dir)
+        processor.save_pretrained(output_dir)
+        train_results = {
+            "completed_steps": state.completed_steps,
+            "epochs": state.epoch,
+            "skipped_nonfinite_steps": state.skipped_steps,
+            "train_seconds": time.monotonic() - started,
+            "num_processes": accelerator.num_processes,
+            "unreadable_images": train_set.unreadable_images,
+            "fixed_boxes": train_set.fixed_boxes,
+        }
+        (output_dir / "train_results.json").write_text(json.dumps(train_results, indent=2))
+        (output_dir / "eval_results.json").write_text(json.dumps(metrics, indent=2))
+        (output_dir / "loss_history.json").write_text(json.dumps(state.loss_history))
+        # Final validation detections in original pixels, keyed by validation row.
+        (output_dir / "eval_predictions.json").write_text(json.dumps(dict(final_predictions)))
+        if args.push_to_hub:
+            repo_id = args.hub_model_id or output_dir.name
+            unwrapped.push_to_hub(repo_id)
+            processor.push_to_hub(repo_id)
+    accelerator.end_training()
+    return metrics
+
+
+def _evaluate(model, val_loader, processor, accelerator, args, state, report_to, predictions_out=None) -> dict:
+    metrics = evaluate_coco(model, val_loader, processor, accelerator, predictions_out=predictions_out)
+    model.train()
+    logger.info(
+        "epoch %d step %d: AP %.4f AP50 %.4f AP75 %.4f (%d images)",
+        state.epoch, state.completed_steps, metrics["AP"], metrics["AP50"], metrics["AP75"], metrics["num_images"],
+    )  # fmt: skip
+    if report_to:
+        accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.completed_steps)
+    return metrics
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main(sys.argv[1:])

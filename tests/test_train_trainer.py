@@ -1,0 +1,46 @@
+"""examples/train_trainer.py: the HF Trainer trains a tiny DETR and reports COCO mAP through compute_metrics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from transformers import EvalPrediction
+
+from detr_hf.coco_evaluation import compute_coco_map
+from detr_hf.image_processing_detr_hf import DetrHfImageProcessor
+from test_train_accelerate import TINY_MODEL_ARGS, load_script
+
+
+def test_trainer_trains_and_reports_coco_map(tmp_path):
+    script = load_script("train_trainer")
+    tiny = [a for a in TINY_MODEL_ARGS if a != "--no_progress_bar"]
+    metrics = script.main(
+        [
+            *tiny, "--output_dir", str(tmp_path), "--synthetic_train_size", "16", "--synthetic_val_size", "6",
+            "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--max_steps", "4",
+            "--use_cpu", "--save_strategy", "no", "--eval_strategy", "no", "--logging_steps", "1",
+        ]
+    )  # fmt: skip
+    for key in ("eval_AP", "eval_AP50", "eval_AR100", "eval_loss"):
+        assert key in metrics and np.isfinite(metrics[key]), key
+    assert json.loads((tmp_path / "eval_results.json").read_text())["eval_AP"] == metrics["eval_AP"]
+    assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "preprocessor_config.json").is_file()
+
+
+def test_compute_metrics_maps_boxes_to_original_pixels():
+    """Per-batch predictions equal to the ground truth give AP 1, also when images were resized."""
+    script = load_script("train_trainer")
+    metric = script.CocoMetrics(DetrHfImageProcessor())
+    boxes = torch.tensor([[[0.5, 0.5, 0.4, 0.2], [0.2, 0.3, 0.1, 0.1]]])  # normalised cxcywh
+    logits = torch.full((1, 2, 4), -10.0)
+    logits[0, 0, 1] = 10.0
+    logits[0, 1, 2] = 10.0
+    labels = [{"boxes": boxes[0], "class_labels": torch.tensor([1, 2]), "orig_size": torch.tensor([300, 500])}]
+    batches = EvalPrediction(predictions=[(logits.numpy(), boxes.numpy())], label_ids=[labels])
+    result = metric(batches)
+    assert result["AP"] == 1.0
+    reference = {"boxes": [[150.0, 120.0, 350.0, 180.0], [75.0, 75.0, 125.0, 105.0]], "labels": [1, 2]}
+    prediction = {"boxes": reference["boxes"], "scores": [0.9, 0.9], "labels": [1, 2]}
+    assert compute_coco_map([prediction], [reference])["AP"] == result["AP"]
