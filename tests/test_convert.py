@@ -99,8 +99,9 @@ def test_transformers_detr_parity(tmp_path, dilation):
     assert (
         "weights converted from: transformers DETR folder" in (tmp_path / "detr_hf" / "README.md").read_text()
     )
-    frozen_bn = [m for m in ours.model.backbone.modules() if type(m).__name__ == "FrozenBatchNorm2d"]
-    assert frozen_bn and all(m.eps == 1e-5 for m in frozen_bn)
+    norms = [m for m in ours.model.backbone.modules() if hasattr(m, "running_var")]
+    assert len(norms) == 53 and all(m.eps == 1e-5 for m in norms)  # every ResNet-50 BN, frozen, eps 1e-5
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in norms)
 
 
 # ---------------------------------------------------------------- original layout
