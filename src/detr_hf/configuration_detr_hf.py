@@ -161,10 +161,9 @@ class DetrHfConfig(PretrainedConfig):
             raise ValueError(
                 f"DetrHfConfig.d_model must be even for the 2-D position encoding, got {self.d_model}"
             )
-        if self.num_denoising_groups < 0 or isinstance(self.num_denoising_groups, bool):
-            raise ValueError(
-                f"DetrHfConfig.num_denoising_groups must be >= 0, got {self.num_denoising_groups!r}"
-            )
+        value = self.num_denoising_groups
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"DetrHfConfig.num_denoising_groups must be an integer >= 0, got {value!r}")
         if not self.backbone_frozen_stages >= 0:
             raise ValueError(
                 f"DetrHfConfig.backbone_frozen_stages must be >= 0, got {self.backbone_frozen_stages}"

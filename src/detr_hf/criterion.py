@@ -21,7 +21,7 @@ from .matcher import (
 if TYPE_CHECKING:
     from .configuration_detr_hf import DetrHfConfig
 
-__all__ = ["DetrHfLoss", "global_normalizers"]
+__all__ = ["DetrHfLoss", "global_normalizers", "matched_box_losses", "weighted_cross_entropy"]
 
 
 def global_normalizers(num_boxes: float, class_weight_sum: float, device: torch.device) -> torch.Tensor:
@@ -36,6 +36,32 @@ def global_normalizers(num_boxes: float, class_weight_sum: float, device: torch.
         dist.all_reduce(totals)
         totals = totals / dist.get_world_size()
     return torch.stack([totals[0].clamp(min=1.0), totals[1].clamp(min=1e-12)])
+
+
+def weighted_cross_entropy(
+    logits: torch.Tensor,
+    log_normalizer: torch.Tensor,
+    target_classes: torch.Tensor,
+    weights: torch.Tensor,
+    norm: torch.Tensor,
+) -> torch.Tensor:
+    """Per-layer Σ w · (logsumexp − logit[y]) / norm from logits [L, ..., C+1], log_normalizer, target_classes
+    and weights [L, ...] (`norm` is the synced sum of weights); returns [L]."""
+    nll = log_normalizer - logits.gather(-1, target_classes[..., None])[..., 0]
+    return (weights * nll).flatten(1).sum(1) / norm
+
+
+def matched_box_losses(
+    pred: torch.Tensor, target: torch.Tensor, num_boxes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-layer (Σ L1, Σ (1 − GIoU)) / num_boxes of paired boxes pred, target [L, M, 4] (cx, cy, w, h)."""
+    loss_bbox = (pred - target).abs().sum((1, 2)) / num_boxes
+    # Pairwise GIoU of 1×1 blocks = GIoU of each matched pair: [L, M, 1, 1].
+    giou = generalized_box_iou(
+        box_convert(pred, "cxcywh", "xyxy")[..., None, :],
+        box_convert(target, "cxcywh", "xyxy")[..., None, :],
+    )
+    return loss_bbox, (1 - giou).flatten(1).sum(1) / num_boxes
 
 
 class DetrHfLoss(nn.Module):
@@ -169,20 +195,10 @@ class DetrHfLoss(nn.Module):
             (layers, batch, queries), self.num_labels, dtype=torch.int64, device=device
         )
         target_classes[layer_t, image_t, query_t] = targets.class_labels[target_t]
-        # Weighted cross-entropy: Σ w[y] · (logsumexp − logit[y]) / Σ w[y], the denominator synced above.
-        nll = log_normalizer - work_logits.gather(-1, target_classes[..., None])[..., 0]
         weights = self.class_weight.to(dtype)[target_classes]
-        loss_ce = (weights * nll).flatten(1).sum(1) / class_norm
-
+        loss_ce = weighted_cross_entropy(work_logits, log_normalizer, target_classes, weights, class_norm)
         matched_pred = all_boxes.to(dtype)[layer_t, image_t, query_t]  # [L, M, 4]
-        matched_target = targets.boxes[target_t]  # [L, M, 4]
-        loss_bbox = (matched_pred - matched_target).abs().sum((1, 2)) / num_boxes
-        # Pairwise GIoU of 1×1 blocks = GIoU of each matched pair: [L, M, 1, 1].
-        giou = generalized_box_iou(
-            box_convert(matched_pred, "cxcywh", "xyxy")[..., None, :],
-            box_convert(matched_target, "cxcywh", "xyxy")[..., None, :],
-        )
-        loss_giou = (1 - giou).flatten(1).sum(1) / num_boxes
+        loss_bbox, loss_giou = matched_box_losses(matched_pred, targets.boxes[target_t], num_boxes)
 
         per_layer = loss_ce + self.bbox_loss_coefficient * loss_bbox + self.giou_loss_coefficient * loss_giou
         loss = per_layer.sum()

@@ -17,6 +17,8 @@ from .configuration_detr_hf import DetrHfConfig
 from .criterion import DetrHfLoss
 from .position_encoding import LearnedPositionEncoding, build_position_encoding
 from .sharing import push_with_card, save_with_code_and_card
+from .training_queries import TrainingQueries, TrainingQueryLayout
+from .training_query_loss import training_query_loss
 from .transformer import DetrHfDecoder, DetrHfEncoder, TransformerLinear
 
 
@@ -28,6 +30,8 @@ class DetrHfModelOutput(ModelOutput):
     intermediate_hidden_states: [L, B, Q, d] every decoder layer's normalised output.
     encoder_last_hidden_state: [B, h*w, d] encoder memory.
     feature_mask: [B, h, w] bool, True where the feature map covers real pixels.
+    training_queries: in training with labels and extra queries on (see training_queries.py), their layout and
+        decoder outputs; the fields above then still hold only the inference queries.
     """
 
     last_hidden_state: torch.Tensor | None = None
@@ -39,6 +43,7 @@ class DetrHfModelOutput(ModelOutput):
     encoder_attentions: tuple[torch.Tensor, ...] | None = None
     decoder_attentions: tuple[torch.Tensor, ...] | None = None
     cross_attentions: tuple[torch.Tensor, ...] | None = None
+    training_queries: TrainingQueryLayout | None = None
 
 
 @dataclass
@@ -48,6 +53,8 @@ class DetrHfObjectDetectionOutput(ModelOutput):
     loss: scalar total loss (when `labels` were given); loss_dict: its unweighted terms and logging metrics.
     logits: [B, Q, num_labels + 1] (last = no object); pred_boxes: [B, Q, 4] normalised (cx, cy, w, h).
     auxiliary_outputs: one dict {"logits", "pred_boxes"} per earlier decoder layer when `auxiliary_loss`.
+    training_query_outputs: training-only extra queries' predictions {"logits", "pred_boxes"} [L, B, T - Q, ...]
+        (other query groups, then denoising queries; see training_queries.py), never in the fields above.
     """
 
     loss: torch.Tensor | None = None
@@ -62,6 +69,7 @@ class DetrHfObjectDetectionOutput(ModelOutput):
     encoder_attentions: tuple[torch.Tensor, ...] | None = None
     decoder_attentions: tuple[torch.Tensor, ...] | None = None
     cross_attentions: tuple[torch.Tensor, ...] | None = None
+    training_query_outputs: dict | None = None
 
 
 class DetrHfPreTrainedModel(PreTrainedModel):
@@ -177,6 +185,8 @@ class DetrHfModel(DetrHfPreTrainedModel):
         self.query_position_embeddings = nn.Embedding(config.num_queries, config.d_model)
         self.encoder = DetrHfEncoder(config)
         self.decoder = DetrHfDecoder(config)
+        # Training-only query groups / denoising queries: separate parameters, unused at inference.
+        self.training_queries = TrainingQueries(config) if TrainingQueries.enabled(config) else None
         self.post_init()
 
     def forward(
@@ -186,9 +196,11 @@ class DetrHfModel(DetrHfPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        labels: list[dict[str, torch.Tensor]] | None = None,
         **kwargs,
     ) -> DetrHfModelOutput | tuple:
-        """pixel_values [B, C, H, W] float; pixel_mask [B, H, W] (1 = pixel, 0 = padding; None = all valid)."""
+        """pixel_values [B, C, H, W] float; pixel_mask [B, H, W] (1 = pixel, 0 = padding; None = all valid).
+        labels: only read in training with extra queries on (denoising queries are built from them)."""
         output_attentions = bool(output_attentions)
         output_hidden_states = bool(output_hidden_states)
         return_dict = self.config.return_dict if return_dict is None else return_dict
@@ -207,9 +219,16 @@ class DetrHfModel(DetrHfPreTrainedModel):
         )
         query_pos = self.query_position_embeddings.weight[None].expand(batch, -1, -1)
         target = torch.zeros_like(query_pos)
+        self_attn_mask = extra = None
+        if self.training_queries is not None and self.training and labels is not None:  # training_queries.py
+            target, query_pos, self_attn_mask, extra = self.training_queries(target, query_pos, labels)
         decoded, dec_states, self_attns, cross_attns = self.decoder(
-            target, query_pos, memory, pos, key_mask, None, output_attentions, output_hidden_states
+            target, query_pos, memory, pos, key_mask, self_attn_mask, output_attentions, output_hidden_states
         )
+        if extra is not None:
+            # [L, B, T, d] -> inference queries [L, B, Q, d] + extra queries [L, B, T - Q, d]
+            extra.hidden_states = decoded[:, :, self.config.num_queries :]
+            decoded = decoded[:, :, : self.config.num_queries]
         output = DetrHfModelOutput(
             last_hidden_state=decoded[-1],
             intermediate_hidden_states=decoded,
@@ -220,6 +239,7 @@ class DetrHfModel(DetrHfPreTrainedModel):
             encoder_attentions=enc_attns or None,
             decoder_attentions=self_attns or None,
             cross_attentions=cross_attns or None,
+            training_queries=extra,
         )
         return output if return_dict else output.to_tuple()
 
@@ -303,7 +323,9 @@ class DetrHfForObjectDetection(DetrHfPreTrainedModel):
     ) -> DetrHfObjectDetectionOutput | tuple:
         """labels: one dict per image with `class_labels` [N] int64 and `boxes` [N, 4] normalised (cx, cy, w, h)."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        out = self.model(pixel_values, pixel_mask, output_attentions, output_hidden_states, return_dict=True)
+        out = self.model(
+            pixel_values, pixel_mask, output_attentions, output_hidden_states, return_dict=True, labels=labels
+        )
         hidden = out.intermediate_hidden_states
         # The last layer goes through the heads on its own, so the aux flag cannot change even the
         # rounding of the predictions (a GEMM over more rows may block differently).
@@ -316,8 +338,12 @@ class DetrHfForObjectDetection(DetrHfPreTrainedModel):
             aux_boxes = self.bbox_predictor(hidden[:-1])
             auxiliary_outputs = [{"logits": lg, "pred_boxes": bx} for lg, bx in zip(aux_logits, aux_boxes)]
 
-        loss = loss_dict = None
-        if labels is not None:
+        loss = loss_dict = extra_outputs = None
+        if labels is not None and out.training_queries is not None:  # training_query_loss.py
+            loss, loss_dict, extra_outputs = self._training_query_loss(
+                out.training_queries, labels, auxiliary_outputs, logits, pred_boxes
+            )
+        elif labels is not None:
             loss, loss_dict = self.build_criterion().to(logits.device)(
                 logits, pred_boxes, labels, auxiliary_outputs
             )
@@ -334,5 +360,23 @@ class DetrHfForObjectDetection(DetrHfPreTrainedModel):
             encoder_attentions=out.encoder_attentions,
             decoder_attentions=out.decoder_attentions,
             cross_attentions=out.cross_attentions,
+            training_query_outputs=extra_outputs,
         )
         return output if return_dict else output.to_tuple()
+
+    def _training_query_loss(self, layout, labels, auxiliary_outputs, logits, pred_boxes):
+        """Loss with the training-only extra queries; their predictions [L, B, T - Q, ...] as a dict."""
+        layers = 1 + len(auxiliary_outputs or [])
+        extra_hidden = layout.hidden_states[-layers:]
+        extra = {
+            "logits": self.class_labels_classifier(extra_hidden),
+            "pred_boxes": self.bbox_predictor(extra_hidden),
+        }
+        # Supervised layers of the inference queries, first layer first: [L, B, Q, C+1] and [L, B, Q, 4].
+        all_logits = torch.stack([aux["logits"] for aux in auxiliary_outputs or []] + [logits])
+        all_boxes = torch.stack([aux["pred_boxes"] for aux in auxiliary_outputs or []] + [pred_boxes])
+        criterion = self.build_criterion().to(logits.device)
+        loss, loss_dict = training_query_loss(
+            criterion, all_logits, all_boxes, extra["logits"], extra["pred_boxes"], layout, labels
+        )
+        return loss, loss_dict, extra

@@ -29,16 +29,23 @@ class SinePositionEncoding(nn.Module):
         eps = 1e-6
         y = y / (y[:, -1:, :] + eps) * self.scale
         x = x / (x[:, :, -1:] + eps) * self.scale
+        # [B, h, w, F] each
+        pos_y, pos_x = self._sine(y), self._sine(x)
+        return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2).to(dtype)
+
+    def encode_coordinates(self, coords: torch.Tensor) -> torch.Tensor:
+        """coords [..., K] normalised to [0, 1] (e.g. boxes (cx, cy, w, h)) → [..., K * num_features], the
+        same sine features a feature-map cell at that relative position gets."""
+        return self._sine(coords.to(torch.float32) * self.scale).flatten(-2)
+
+    def _sine(self, values: torch.Tensor) -> torch.Tensor:
+        """values [...] (already scaled) → [..., F]: even channels take sin, odd channels cos of one frequency."""
         exponent = 2 * torch.div(
-            torch.arange(self.num_features, device=mask.device), 2, rounding_mode="floor"
+            torch.arange(self.num_features, device=values.device), 2, rounding_mode="floor"
         )
         inv_freq = self.temperature ** (-exponent.to(torch.float32) / self.num_features)
-        # [B, h, w, F]: even channels take sin, odd channels cos of the same frequency.
-        pos_y = y[..., None] * inv_freq
-        pos_x = x[..., None] * inv_freq
-        pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=-1).flatten(3)
-        pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=-1).flatten(3)
-        return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2).to(dtype)
+        angles = values[..., None] * inv_freq
+        return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1).flatten(-2)
 
 
 class LearnedPositionEncoding(nn.Module):
