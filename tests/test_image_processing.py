@@ -41,18 +41,6 @@ def coco(image_id: int, *objects: tuple) -> dict:
     }
 
 
-def ensure_registered() -> None:
-    """What detr_hf/__init__ is expected to do; repeated here so this file tests the processor on its own.
-
-    The pipeline checks support against transformers' built-in name table (a copy of
-    MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES), not against `AutoModelForObjectDetection.register`.
-    """
-    from transformers.models.auto.modeling_auto import MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES
-
-    MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES.setdefault("detr_hf", "DetrHfForObjectDetection")
-    AutoImageProcessor.register(DetrHfConfig, fast_image_processor_class=DetrHfImageProcessor, exist_ok=True)
-
-
 def one_hot_outputs(labels: list[dict], num_queries: int, num_classes: int) -> dict:
     """Pretend-perfect predictions: query i predicts target i with certainty; the rest predict no object."""
     logits = torch.full((len(labels), num_queries, num_classes + 1), -50.0)
@@ -375,7 +363,6 @@ def test_save_and_load_round_trip(tmp_path):
     image = random_image(40, 50)
     torch.testing.assert_close(loaded(image)["pixel_values"], proc(image)["pixel_values"])
 
-    ensure_registered()
     auto = AutoImageProcessor.from_pretrained(tmp_path)
     assert type(auto) is DetrHfImageProcessor and auto.to_dict() == proc.to_dict()
     with pytest.raises(TypeError, match="unknown options"):
@@ -412,13 +399,12 @@ def test_post_process_threshold_top_k_clipping():
 
 # ---------------------------------------------------------------- pipeline
 @pytest.mark.slow
-def test_object_detection_pipeline(caplog, tmp_path):
+def test_object_detection_pipeline(caplog, capsys, tmp_path):
     import transformers
 
     import detr_hf  # noqa: F401  (registers the Auto classes)
     from detr_hf.modeling_detr_hf import DetrHfForObjectDetection
 
-    ensure_registered()
     torch.manual_seed(0)
     config = DetrHfConfig(
         backbone="test_resnet", d_model=32, encoder_layers=1, decoder_layers=1, encoder_ffn_dim=32,
@@ -445,6 +431,9 @@ def test_object_detection_pipeline(caplog, tmp_path):
 
     model.save_pretrained(tmp_path)
     proc.save_pretrained(tmp_path)
+    capsys.readouterr()
     from_folder = transformers.pipeline("object-detection", model=str(tmp_path))
+    # With detr_hf imported, the folder's own code copy must not trigger a trust_remote_code prompt.
+    assert "custom code" not in "".join(capsys.readouterr())
     assert type(from_folder.image_processor) is DetrHfImageProcessor
     assert from_folder(image, threshold=0.0) == detections

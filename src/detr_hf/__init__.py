@@ -1,6 +1,12 @@
 """detr_hf: DETR object detection for the Hugging Face ecosystem (importing it registers the Auto classes)."""
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForObjectDetection
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForObjectDetection,
+    AutoVideoProcessor,
+)
 from transformers.models.auto.modeling_auto import MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES
 
 from .configuration_detr_hf import DetrHfConfig
@@ -24,6 +30,9 @@ AutoImageProcessor.register(
     image_processor_classes={"torchvision": DetrHfImageProcessor, "pil": DetrHfImageProcessor},
     exist_ok=True,
 )
+# No video processor exists; saying so stops pipeline() from looking for a "DetrHfVideoProcessor" in the folder's
+# remote code, which would prompt for trust_remote_code even though detr_hf is imported.
+AutoVideoProcessor.register(DetrHfConfig, video_processor_classes={}, exist_ok=True)
 # pipeline("object-detection") checks support against transformers' own name table, not the Auto registry.
 MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES.setdefault(DetrHfConfig.model_type, DetrHfForObjectDetection.__name__)
 # Saved folders carry their code: each class records itself in `auto_map` (see detr_hf.sharing).
