@@ -85,6 +85,17 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--num_queries", type=int, default=10)
     group.add_argument("--dropout", type=float, default=0.0)
     group.add_argument("--no_aux_loss", action="store_true", help="turn off the auxiliary decoder losses")
+    extra = parser.add_argument_group("training-only queries (inference stays plain DETR; see training_queries.py)")
+    extra.add_argument("--num_query_groups", type=int, default=1, help="Group DETR query groups (1 = off)")
+    extra.add_argument("--num_denoising_groups", type=int, default=0, help="DN-DETR denoising groups (0 = off)")
+    extra.add_argument("--denoising_box_noise_scale", type=float, default=0.4)
+    extra.add_argument("--denoising_label_noise_ratio", type=float, default=0.2)
+
+
+def training_query_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields of the training-only queries (--num_query_groups, --num_denoising_groups, noise)."""
+    names = ("num_query_groups", "num_denoising_groups", "denoising_box_noise_scale", "denoising_label_noise_ratio")
+    return {name: getattr(args, name) for name in names}
 
 
 def apply_recipe(args: argparse.Namespace) -> argparse.Namespace:
@@ -162,6 +173,7 @@ def build_model(args: argparse.Namespace, class_names: list[str]) -> DetrHfForOb
             id2label=id2label,
             label2id=label2id,
             ignore_mismatched_sizes=True,
+            **training_query_options(args),
         )
     out_indices = args.backbone_out_indices
     if out_indices is None and args.backbone == DEMO_BACKBONE:
@@ -184,6 +196,7 @@ def build_model(args: argparse.Namespace, class_names: list[str]) -> DetrHfForOb
         attention_dropout=args.dropout,
         activation_dropout=args.dropout,
         auxiliary_loss=not args.no_aux_loss,
+        **training_query_options(args),
         id2label=id2label,
         label2id=label2id,
     )
