@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
+import numpy as np
 import pytest
 import torch
 
@@ -230,3 +235,68 @@ def test_noise_functions():
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         DetrHfConfig(backbone="test_resnet", **{field: value})
+
+
+EXTRA_QUERY_ARGS = ["--num_query_groups", "2", "--num_denoising_groups", "2"]
+
+
+def _check_saved_model(folder) -> None:
+    saved = DetrHfForObjectDetection.from_pretrained(folder)
+    assert (saved.config.num_query_groups, saved.config.num_denoising_groups) == (2, 2)
+    assert saved.model.training_queries is not None
+    # The trained weights load as plain DETR: the extra parameters are simply not used.
+    plain = DetrHfForObjectDetection.from_pretrained(
+        folder, num_query_groups=1, num_denoising_groups=0
+    ).eval()
+    pixels, mask = padded_batch()
+    with torch.no_grad():
+        assert torch.equal(saved.eval()(pixels, mask).logits, plain(pixels, mask).logits)
+
+
+@pytest.mark.slow
+def test_accelerate_script_trains_with_extra_queries(tmp_path):
+    from test_train_accelerate import TINY_MODEL_ARGS, load_script
+
+    metrics = load_script("train").main(
+        [
+            *TINY_MODEL_ARGS, *EXTRA_QUERY_ARGS, "--output_dir", str(tmp_path), "--synthetic_train_size", "12",
+            "--synthetic_val_size", "4", "--per_device_train_batch_size", "4", "--max_train_steps", "3",
+            "--checkpointing_steps", "no", "--eval_every_epochs", "0",
+        ]
+    )  # fmt: skip
+    assert np.isfinite(metrics["AP"]), metrics
+    _check_saved_model(tmp_path)
+
+
+@pytest.mark.slow
+def test_trainer_script_trains_with_extra_queries(tmp_path):
+    from test_train_accelerate import TINY_MODEL_ARGS, load_script
+
+    tiny = [a for a in TINY_MODEL_ARGS if a != "--no_progress_bar"]
+    metrics = load_script("train_trainer").main(
+        [
+            *tiny, *EXTRA_QUERY_ARGS, "--output_dir", str(tmp_path), "--synthetic_train_size", "12",
+            "--synthetic_val_size", "4", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4",
+            "--max_steps", "3", "--use_cpu", "--save_strategy", "no", "--eval_strategy", "no",
+        ]
+    )  # fmt: skip
+    assert np.isfinite(metrics["eval_loss"])
+    _check_saved_model(tmp_path)
+
+
+@pytest.mark.slow
+def test_two_process_accelerate_run_with_extra_queries(tmp_path):
+    """DDP needs every extra parameter in every step's graph and the synced normalisers on both processes."""
+    from test_train_accelerate import ROOT, TINY_MODEL_ARGS
+
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(ROOT / "examples" / "train.py"), *TINY_MODEL_ARGS, *EXTRA_QUERY_ARGS, "--output_dir", str(tmp_path),
+        "--synthetic_train_size", "16", "--synthetic_val_size", "4", "--per_device_train_batch_size", "4",
+        "--max_train_steps", "3", "--checkpointing_steps", "no", "--eval_every_epochs", "0",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    _check_saved_model(tmp_path)
