@@ -1,0 +1,88 @@
+"""Timing helpers shared by the benchmarks: alternating runs with warm-up, medians, machine facts, peak FLOP/s."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from importlib import metadata
+
+import torch
+
+
+def time_alternating(
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Seconds per call of each candidate. After `warmup` untimed rounds, every round runs all candidates,
+    the order reversed every other round so neither always runs right after the other (cache, turbo, load)."""
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(warmup + repeats):
+        order = names if round_ % 2 == 0 else names[::-1]
+        for name in order:
+            start = time.perf_counter()
+            fns[name]()
+            elapsed = time.perf_counter() - start
+            if round_ >= warmup:
+                times[name].append(elapsed)
+    return times
+
+
+def compare(times: dict[str, list[float]], ours: str = "detr_hf", reference: str = "transformers") -> dict:
+    """Medians in ms, min in ms, and the ratio of medians ours ÷ reference."""
+    med = {name: statistics.median(values) for name, values in times.items()}
+    result = {f"{name}_ms": 1e3 * value for name, value in med.items()}
+    result |= {f"{name}_min_ms": 1e3 * min(values) for name, values in times.items()}
+    result["repeats"] = len(times[ours])
+    result["ratio"] = med[ours] / med[reference]
+    # Best-of ratio: on a machine shared with other jobs the fastest run is the least disturbed one.
+    result["ratio_of_min"] = min(times[ours]) / min(times[reference])
+    return result
+
+
+def peak_matmul_flops(size: int = 2048, repeats: int = 5) -> float:
+    """The machine's practical fp32 peak: best FLOP/s of a large square matmul at the current thread count."""
+    a = torch.randn(size, size)
+    b = torch.randn(size, size)
+    a @ b  # warm-up (thread pool, allocation)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_facts() -> dict:
+    """What a reader needs to compare figures across machines: CPU, cores, threads, load, versions."""
+    facts = {
+        "cpu": _cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+    if hasattr(os, "getloadavg"):
+        facts["load_average_1min_at_start"] = round(os.getloadavg()[0], 2)
+    facts["versions"] = {pkg: _version(pkg) for pkg in ("torch", "transformers", "timm", "detr_hf")}
+    return facts
