@@ -181,3 +181,16 @@ def test_compiled_model_equals_eager():
         out = compiled(pixels, mask)
     torch.testing.assert_close(out.logits, eager.logits, **TOL)
     torch.testing.assert_close(out.pred_boxes, eager.pred_boxes, **TOL)
+
+
+def test_cheap_finite_check_still_names_bad_images_and_accepts_huge_finite_values():
+    model = DetrHfForObjectDetection(tiny_config()).eval()
+    pixels, mask = padded_batch(((32, 32), (32, 32), (32, 32)))
+    huge = pixels.clone()
+    huge[1] = 3e38  # finite, but the one-pass sum overflows to inf: the exact check must find nothing
+    with torch.no_grad():
+        model(huge, mask)
+    bad = pixels.clone()
+    bad[2, 0, 5, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN or inf in image\(s\) \[2\]"):
+        model(bad, mask)

@@ -256,9 +256,12 @@ class DetrHfModel(DetrHfPreTrainedModel):
             raise TypeError(
                 f"pixel_values must be a float tensor (normalised by the image processor), got {pixel_values.dtype}"
             )
-        if not _is_tracing() and not torch.isfinite(pixel_values).all():
+        # One reduction instead of a full boolean copy: any NaN/inf makes the sum non-finite (a finite
+        # overflow only sends us to the exact per-image check, which then finds nothing).
+        if not _is_tracing() and not torch.isfinite(pixel_values.sum()):
             bad = (~torch.isfinite(pixel_values)).flatten(1).any(1).nonzero().flatten().tolist()
-            raise ValueError(f"pixel_values contain NaN or inf in image(s) {bad}")
+            if bad:
+                raise ValueError(f"pixel_values contain NaN or inf in image(s) {bad}")
         batch, _, height, width = pixel_values.shape
         if pixel_mask is None:
             return torch.ones((batch, height, width), dtype=torch.bool, device=pixel_values.device)
