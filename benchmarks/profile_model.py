@@ -1,6 +1,6 @@
 """Where the time goes: torch.profiler op tables of DETR-R50 inference and a training step, both models.
 
-    python benchmarks/profile_model.py [--rows 12]
+python benchmarks/profile_model.py [--rows 12]
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ def stage_times(model: torch.nn.Module, pixels, mask) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=12)
     args = parser.parse_args()
     pixels, mask, labels = make_batch(BATCH_512)
