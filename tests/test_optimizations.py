@@ -194,3 +194,24 @@ def test_cheap_finite_check_still_names_bad_images_and_accepts_huge_finite_value
     bad[2, 0, 5, 5] = float("nan")
     with pytest.raises(ValueError, match=r"NaN or inf in image\(s\) \[2\]"):
         model(bad, mask)
+
+
+def test_inference_cache_of_folded_weights_follows_every_change():
+    reference = _frozen_body().eval()
+    folded = copy.deepcopy(reference)
+    fold_frozen_batch_norm(folded)
+    x = torch.randn(1, 3, 64, 64)
+    x_last = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        for inputs in (x, x_last, x):  # cached per memory format, reused on the repeat
+            torch.testing.assert_close(folded(inputs)[-1], reference(inputs)[-1], **TOL)
+        # In-place updates (an optimiser step, a statistics copy) bump the version: the cache is rebuilt.
+        for model in (folded, reference):
+            model.layer1[0].conv1.weight.mul_(1.5)
+            model.layer2[0].bn2.running_var.mul_(2.0)
+        torch.testing.assert_close(folded(x)[-1], reference(x)[-1], **TOL)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x_last)[-1], reference(x_last)[-1], **TOL)
+    # Autograd on: no cache, gradients reach the conv weight.
+    folded(x)[-1].sum().backward()
+    assert folded.layer1[0].conv1.weight.grad is not None

@@ -19,19 +19,50 @@ class FoldedFrozenBatchNorm2d(FrozenBatchNorm2d):
 class ConvFrozenBatchNorm2d(nn.Conv2d):
     """Conv2d followed by a frozen BN computed as one conv: conv(x, W·s) + (b·s + β − μ·s), s = γ / √(σ² + ε).
 
-    The scaled weight is rebuilt every call (cheap next to the activations), so loading new weights or
-    statistics, and training the conv, behave exactly as conv → BN; the BN pass over the activation is gone.
+    With autograd on, the scaled weight is rebuilt every call (cheap next to the activations), so training
+    the conv behaves exactly as conv → BN. Without autograd (inference) it is cached, in the input's memory
+    format, and rebuilt whenever a weight or statistic changes (new tensor or in-place version bump), so
+    loading new weights or an optimiser step is always seen. The BN pass over the activation is gone.
     """
 
     folded_norm: FoldedFrozenBatchNorm2d
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _folded(self) -> tuple[torch.Tensor, torch.Tensor]:
         norm = self.folded_norm
         scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
         shift = norm.bias - norm.running_mean * scale
         if self.bias is not None:
             shift = shift + self.bias * scale
-        return self._conv_forward(x, self.weight * scale[:, None, None, None], shift)
+        return self.weight * scale[:, None, None, None], shift
+
+    def _cached_folded(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        norm = self.folded_norm
+        sources = (self.weight, self.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var)
+        memory_format = (
+            torch.channels_last
+            if x.is_contiguous(memory_format=torch.channels_last)
+            else torch.contiguous_format
+        )
+        key = (memory_format,) + tuple((t.data_ptr(), t._version) for t in sources if t is not None)
+        cache = self.__dict__.get("_folded_cache")
+        if cache is None or cache[0] != key:
+            weight, shift = self._folded()
+            # Stored in the layout oneDNN will use, so it is not reordered on every call.
+            cache = (key, weight.contiguous(memory_format=memory_format), shift)
+            self.__dict__["_folded_cache"] = cache
+        return cache[1], cache[2]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            torch.is_grad_enabled()
+            or torch.compiler.is_compiling()
+            or torch.jit.is_tracing()
+            or torch.onnx.is_in_onnx_export()
+        ):
+            weight, shift = self._folded()
+        else:
+            weight, shift = self._cached_folded(x)
+        return self._conv_forward(x, weight, shift)
 
 
 def _fold(conv: nn.Module, norm: nn.Module) -> bool:
@@ -82,6 +113,7 @@ def unfold_frozen_batch_norm(body: nn.Module) -> int:
         if isinstance(module, ConvFrozenBatchNorm2d):
             module.folded_norm.__class__ = FrozenBatchNorm2d
             del module.__dict__["folded_norm"]
+            module.__dict__.pop("_folded_cache", None)
             module.__class__ = nn.Conv2d
             restored += 1
     return restored
