@@ -197,3 +197,12 @@ def test_non_finite_pixels_name_the_image():
     pixels[2, 0, 5, 5] = float("nan")
     with pytest.raises(ValueError, match=r"NaN or inf in image\(s\) \[2\]"):
         _model()(pixels)
+
+
+def test_loading_keeps_the_frozen_backbone_stages(tmp_path):
+    model = DetrHfForObjectDetection(tiny_config(backbone="resnet18", backbone_frozen_stages=1))
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert any(n.startswith("model.backbone.body.conv1") for n in frozen)
+    model.save_pretrained(tmp_path)
+    loaded = DetrHfForObjectDetection.from_pretrained(tmp_path)
+    assert {n for n, p in loaded.named_parameters() if not p.requires_grad} == frozen

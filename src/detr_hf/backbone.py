@@ -68,6 +68,13 @@ class DetrHfBackbone(nn.Module):
         for module in self.body.modules():
             module._is_hf_initialized = True
 
+    def apply_freezing(self) -> None:
+        """Re-apply `requires_grad=False` to the frozen stages (loading may rebuild parameters as trainable)."""
+        frozen = set(self.frozen_parameter_names)
+        for name, param in self.body.named_parameters():
+            if name in frozen:
+                param.requires_grad_(False)
+
     def _freeze_stages(self, frozen_stages: int) -> list[str]:
         """Set `requires_grad=False` on every parameter registered before the first unfrozen stage."""
         if frozen_stages <= 0:

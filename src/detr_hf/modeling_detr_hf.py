@@ -113,7 +113,7 @@ class DetrHfPreTrainedModel(PreTrainedModel):
         safetensors_only = kwargs.setdefault("use_safetensors", True)
         source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
         try:
-            return super().from_pretrained(*args, **kwargs)
+            model = super().from_pretrained(*args, **kwargs)
         except SafetensorError as error:
             raise OSError(
                 f"unreadable safetensors file {_unreadable_safetensors(source)}: {error}"
@@ -126,6 +126,12 @@ class DetrHfPreTrainedModel(PreTrainedModel):
                     "use_safetensors=False if you trust the file."
                 ) from error
             raise
+        # transformers rebuilds loaded parameters as trainable: restore the config's frozen backbone stages.
+        loaded = model[0] if isinstance(model, tuple) else model
+        for module in loaded.modules():
+            if isinstance(module, DetrHfBackbone):
+                module.apply_freezing()
+        return model
 
     def save_pretrained(self, save_directory, *args, model_card: dict | None = None, **kwargs):
         """`PreTrainedModel.save_pretrained`, plus the code of all four auto classes (`auto_map`) and a generated
