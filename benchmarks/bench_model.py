@@ -51,11 +51,7 @@ def load(kind: str, folder: Path) -> torch.nn.Module:
         return DetrForObjectDetection.from_pretrained(folder)
     from detr_hf import DetrHfForObjectDetection
 
-    model = DetrHfForObjectDetection.from_pretrained(folder)
-    # Workaround: from_pretrained currently drops the stem/stage freezing the config asks for (the loaded
-    # parameters come back with requires_grad=True); re-apply it so the model trains as converted.
-    model.model.backbone._freeze_stages(model.config.backbone_frozen_stages)
-    return model
+    return DetrHfForObjectDetection.from_pretrained(folder)
 
 
 def make_batch(sizes: tuple[tuple[int, int], ...], seed: int = 0):
