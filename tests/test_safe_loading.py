@@ -154,7 +154,7 @@ class _Payload:
 
 
 def test_original_pth_with_pickled_object_is_rejected(tmp_path):
-    convert = pytest.importorskip("detr_hf.convert")
+    from detr_hf import convert
     marker = tmp_path / "code_ran"
     checkpoint = {"model": {"class_embed.weight": torch.zeros(92, 256)}, "extra": _Payload(str(marker))}
     torch.save(checkpoint, tmp_path / "evil.pth")

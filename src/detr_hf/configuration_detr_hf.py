@@ -36,6 +36,9 @@ class DetrHfConfig(PretrainedConfig):
             mmdetection does: 0 = none, 1 = stem + the stride-4 stage (the paper's choice), 2 = also the
             stride-8 stage, ... Works for any timm model through its `feature_info`. `None` resolves
             to 1 with trained weights and 0 otherwise.
+
+    `init_std` is kept for `DetrConfig` compatibility (checkpoint conversion copies it); detr_hf's weight
+    init follows the original DETR and does not read it.
     """
 
     model_type = "detr_hf"

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .matcher import pack_targets
 from .position_encoding import SinePositionEncoding
+
+if TYPE_CHECKING:
+    from .configuration_detr_hf import DetrHfConfig
 
 __all__ = ["TrainingQueries", "TrainingQueryLayout", "noise_boxes", "noise_labels", "training_query_mask"]
 
@@ -115,7 +119,8 @@ class TrainingQueries(nn.Module):
             self.denoising_box_projection = nn.Sequential(nn.Linear(2 * d, d), nn.ReLU(), nn.Linear(d, d))
 
     @staticmethod
-    def enabled(config) -> bool:
+    def enabled(config: DetrHfConfig) -> bool:
+        """Whether `config` asks for any training-only queries (more than one group, or denoising groups)."""
         return config.num_query_groups > 1 or config.num_denoising_groups > 0
 
     def forward(

@@ -47,8 +47,9 @@ def _category_table(categories: list[dict], annotation_file: str) -> tuple[dict[
     return {coco_id: label for label, coco_id in enumerate(sorted(by_id))}, names
 
 
-def _clip_box(bbox: list, width: int, height: int) -> tuple[list[float], bool] | None:
-    """Box clipped to the image as (box, was_clipped); None when nothing of it is left."""
+def clip_xywh_box(bbox: list, width: int, height: int) -> tuple[list[float], bool] | None:
+    """COCO [x, y, w, h] clipped to a `width`×`height` image as (box, was_clipped); None when nothing of it
+    is left or a value is not finite."""
     x, y, w, h = (float(v) for v in bbox)
     if not all(math.isfinite(v) for v in (x, y, w, h)):
         return None
@@ -124,7 +125,7 @@ def load_coco_folder(
             if ann.get("iscrowd", 0):
                 crowd += 1
                 continue
-            clipped = _clip_box(ann["bbox"], width, height)
+            clipped = clip_xywh_box(ann["bbox"], width, height)
             if clipped is None:
                 dropped_boxes += 1
                 continue

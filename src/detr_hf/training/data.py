@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ import PIL.Image
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from detr_hf.data.coco_folder import load_coco_folder
+from detr_hf.data.coco_folder import clip_xywh_box, load_coco_folder
 from detr_hf.data.synthetic import load_synthetic_splits
 from detr_hf.data.transforms import make_transform_fn
 
@@ -116,18 +115,16 @@ def _clip_objects(objects: dict, width: int, height: int, label_field: str) -> t
     kept: dict[str, list] = {key: [] for key in objects}
     changed = 0
     for k, box in enumerate(objects["bbox"]):
-        x, y, w, h = (float(v) for v in box)
-        x0, y0 = max(x, 0.0), max(y, 0.0)
-        x1, y1 = min(x + w, float(width)), min(y + h, float(height))
-        if not all(math.isfinite(v) for v in (x, y, w, h)) or x1 <= x0 or y1 <= y0:
+        clipped = clip_xywh_box(box, width, height)
+        if clipped is None:
             changed += 1
             continue
-        clipped = [x0, y0, x1 - x0, y1 - y0]
-        changed += clipped != [x, y, w, h]
+        box, was_clipped = clipped
+        changed += was_clipped
         for key, values in objects.items():
-            kept[key].append(values[k] if key != "bbox" else clipped)
-        if clipped != [x, y, w, h] and "area" in kept:
-            kept["area"][-1] = clipped[2] * clipped[3]
+            kept[key].append(values[k] if key != "bbox" else box)
+        if was_clipped and "area" in kept:
+            kept["area"][-1] = box[2] * box[3]
     if label_field not in kept:
         raise ValueError(f"objects has no field {label_field!r} (fields: {sorted(objects)})")
     return kept, changed
