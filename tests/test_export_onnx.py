@@ -6,17 +6,14 @@ import json
 import subprocess
 import sys
 
+import onnx  # the `export` extra, part of `dev`: a missing install fails here instead of skipping
+import onnxruntime
 import pytest
 import torch
 
 from conftest import tiny_config
-
-pytest.importorskip("onnxruntime", reason="the `export` extra (onnx, onnxruntime) is installed in CI")
-import onnx  # noqa: E402
-import onnxruntime  # noqa: E402
-
-from detr_hf import DetrHfForObjectDetection  # noqa: E402
-from detr_hf.export_onnx import example_inputs, export_onnx  # noqa: E402
+from detr_hf import DetrHfForObjectDetection
+from detr_hf.export_onnx import example_inputs, export_onnx
 
 # Sizes unlike the export example (96×128 / 64×80, batch 2): other batch sizes, odd sizes, heavy padding,
 # an image smaller than one feature cell of the others' padding, and a feature map of 1×1.
