@@ -19,7 +19,7 @@ with COMPLETE are resumed from. `--resume_from_checkpoint latest|PATH` continues
 (per-epoch seeded sampler, skipped batches), same augmentations (seeded per sample), RNG states, lr
 schedule and counters; on CPU a resumed run ends with bit-identical weights.
 
-Non-finite loss policy: a step whose loss or gradient norm is NaN/inf (on any process) is SKIPPED (no
+Non-finite loss policy: a step whose predictions, loss or gradient norm are NaN/inf (on any process) is SKIPPED (no
 optimiser update, gradients dropped; the step counter and lr schedule advance) with a counted warning;
 after --max_consecutive_nonfinite such steps in a row training stops with an error and leaves the last
 complete checkpoint untouched.
@@ -42,6 +42,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from detr_hf.matcher import NonFinitePredictionError
 from detr_hf.training import (
     DetectionCollator,
     EpochSampler,
@@ -209,10 +210,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             loader = accelerator.skip_first_batches(train_loader, state.batches_in_epoch)
         for batch in loader:
             with accelerator.accumulate(model):
-                outputs = model(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"], labels=batch["labels"])
-                loss = outputs.loss
+                try:
+                    outputs = model(
+                        pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"], labels=batch["labels"]
+                    )
+                    loss, loss_dict = outputs.loss, outputs.loss_dict
+                except NonFinitePredictionError as error:
+                    # Raised on every process together (the loss syncs it), so all of them skip backward.
+                    logger.warning("step %d: %s", state.completed_steps, error)
+                    loss, loss_dict = torch.tensor(float("nan"), device=accelerator.device), {}
                 nonfinite_local |= not bool(torch.isfinite(loss.detach()))
-                accelerator.backward(loss)
+                if loss.requires_grad:
+                    accelerator.backward(loss)
                 grad_norm = None
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -232,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 optimizer.zero_grad(set_to_none=True)
             state.batches_in_epoch += 1
             with torch.no_grad():
-                for name, value in outputs.loss_dict.items():
+                for name, value in loss_dict.items():
                     sums[name] = sums.get(name, 0) + value.detach().float()
                 sums["loss"] = sums.get("loss", 0) + loss.detach().float()
             count += 1

@@ -1,8 +1,9 @@
 """Worker launched by test_criterion_distributed: DETR loss and DDP gradients on this process's share of a batch.
 
-Usage: `<launcher> distributed_loss_worker.py {torchrun|accelerate} OUT.json`; rank 0 writes the loss terms
-(averaged over processes) and the DDP-averaged parameter gradients. `single_process_result()` gives the
-same numbers for the whole batch in one process.
+Usage: `<launcher> distributed_loss_worker.py {torchrun|accelerate} OUT.json [nan]`; rank 0 writes the loss
+terms (averaged over processes) and the DDP-averaged parameter gradients. `single_process_result()` gives the
+same numbers for the whole batch in one process. With `nan`, rank 0's predictions are NaN and every rank
+writes the error its loss raised to OUT.json.rank<r> (no rank may hang waiting for the other).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def single_process_result() -> dict:
     return {"terms": terms.tolist(), "grads": {n: p.grad.tolist() for n, p in model.named_parameters()}}
 
 
-def main(launcher: str, out_path: str) -> None:
+def main(launcher: str, out_path: str, scenario: str = "") -> None:
     if launcher == "accelerate":
         from accelerate import Accelerator
 
@@ -73,6 +74,21 @@ def main(launcher: str, out_path: str) -> None:
         raise RuntimeError(f"expected 2 initialised processes, got world size {world}")
     model, features, labels = build()
     share = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
+    if scenario == "nan":
+        from detr_hf.matcher import NonFinitePredictionError
+
+        model = nn.parallel.DistributedDataParallel(model) if launcher == "torchrun" else accelerator.prepare(model)
+        shard = features[:, share] * (float("nan") if rank == 0 else 1.0)
+        try:
+            loss_terms(model, shard, labels[share])
+            message = "no error"
+        except NonFinitePredictionError as error:
+            message = f"NonFinitePredictionError: {error}"
+        with open(f"{out_path}.rank{rank}", "w") as f:
+            f.write(message)
+        dist.barrier()
+        dist.destroy_process_group()
+        return
     if launcher == "accelerate":
         ddp_model = accelerator.prepare(model)
         terms = loss_terms(ddp_model, features[:, share], labels[share])
@@ -95,4 +111,4 @@ def main(launcher: str, out_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -29,7 +30,8 @@ MAX_STEPS = 10  # 24 images / batch 4 = 6 steps per epoch: the run crosses an ep
 # Runs examples/train.py in this process after installing test hooks chosen by environment variables:
 #   HOOK_HANG_STAGE=before_marker|before_rename, HOOK_HANG_STEP=N, HOOK_FLAG=file: hang inside the save of step N
 #     (after accelerate wrote the files / after COMPLETE was written, before the rename) once FLAG is written;
-#   HOOK_NAN_CALLS="3,4" or "3,4,7-" (7 onwards): make the loss of those training forward calls (1-based) NaN.
+#   HOOK_NAN_CALLS="3,4" or "3,4,7-" (7 onwards): make the loss of those training forward calls (1-based) NaN;
+#   HOOK_NAN_BOX_CALLS="2": make the predicted boxes of those training-mode box-head calls NaN (a diverged model).
 CHILD = r"""
 import os, runpy, sys, time
 from pathlib import Path
@@ -83,6 +85,22 @@ if nan_calls:
         return out
 
     DetrHfForObjectDetection.forward = nan_forward
+
+nan_box_calls = os.environ.get("HOOK_NAN_BOX_CALLS")
+if nan_box_calls:
+    from detr_hf.modeling_detr_hf import BoxHead
+
+    box_forward, box_calls, poisoned = BoxHead.forward, [0], {int(v) for v in nan_box_calls.split(",")}
+
+    def nan_box_forward(self, x):
+        out = box_forward(self, x)
+        if self.training:
+            box_calls[0] += 1
+            if box_calls[0] in poisoned:
+                out = out * float("nan")
+        return out
+
+    BoxHead.forward = nan_box_forward
 
 sys.argv = [sys.argv[1], *sys.argv[2:]]
 runpy.run_path(sys.argv[0], run_name="__main__")
@@ -260,3 +278,13 @@ def test_non_finite_steps_are_skipped_then_a_diverged_run_stops_keeping_the_last
     step6, step8 = _parameters(checkpoints / "step_00000006"), _parameters(latest)
     assert all(torch.equal(step6[k], step8[k]) for k in step8)
     assert json.loads((latest / COMPLETE_MARKER).read_text())["step"] == 8
+
+
+@pytest.mark.slow
+def test_nan_predictions_are_skipped_like_a_nan_loss(tmp_path):
+    """Diverged predictions (NaN boxes) raise NonFinitePredictionError in the loss; the script skips that step."""
+    result = _run(tmp_path, check=False, HOOK_NAN_BOX_CALLS="2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"step \d+: pred_boxes of .* contain NaN or infinite values", result.stderr)
+    assert "non-finite loss or gradient norm, optimiser step skipped (1 skipped in total)" in result.stderr
+    assert (tmp_path / "model.safetensors").exists()

@@ -13,6 +13,7 @@ from torch import nn
 from .box_ops import box_convert, generalized_box_iou
 from .matcher import (
     HungarianMatcher,
+    NonFinitePredictionError,
     check_prediction_shapes,
     check_predictions_finite,
     pack_targets,
@@ -24,17 +25,29 @@ if TYPE_CHECKING:
 __all__ = ["DetrHfLoss", "global_normalizers", "matched_box_losses", "weighted_cross_entropy"]
 
 
-def global_normalizers(num_boxes: float, class_weight_sum: float, device: torch.device) -> torch.Tensor:
+def global_normalizers(
+    num_boxes: float, class_weight_sum: float, device: torch.device, local_error: Exception | None = None
+) -> torch.Tensor:
     """[num_boxes, class_weight_sum] summed over all processes (when torch.distributed is initialised, which
     covers accelerate and torchrun), divided by the world size and clamped >= 1 / > 0.
 
     Local sum / (global sum / world size), averaged by DDP over processes, equals the single-process
     normalisation of the whole global batch; one all_reduce carries both numbers.
+
+    `local_error`, this process's input error, travels in the same all_reduce so every process raises
+    together: a lone failing process would leave the others waiting in a collective forever.
     """
-    totals = torch.tensor([num_boxes, class_weight_sum], dtype=torch.float32, device=device)
+    failed = [float(isinstance(local_error, NonFinitePredictionError)), float(local_error is not None)]
+    totals = torch.tensor([num_boxes, class_weight_sum, *failed], dtype=torch.float32, device=device)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(totals)
-        totals = totals / dist.get_world_size()
+        totals[:2] = totals[:2] / dist.get_world_size()
+    if local_error is not None:
+        raise local_error
+    if totals[2] > 0:
+        raise NonFinitePredictionError("predictions on another process contain NaN or inf: training has diverged")
+    if totals[3] > 0:
+        raise ValueError("the loss inputs of another process are invalid (see that process's error)")
     return torch.stack([totals[0].clamp(min=1.0), totals[1].clamp(min=1e-12)])
 
 
@@ -165,13 +178,17 @@ class DetrHfLoss(nn.Module):
         layers, batch, queries = all_logits.shape[:3]
         device = logits.device
         dtype = torch.promote_types(all_boxes.dtype, torch.float32)
-        targets = pack_targets(labels, batch, self.num_labels, device, dtype)
-        check_predictions_finite(all_logits.detach(), all_boxes.detach(), names)
-
-        sizes = np.minimum(targets.counts, queries)
-        num_matched = int(sizes.sum())
-        weight_sum = num_matched + self.eos_coefficient * (batch * queries - num_matched)
-        num_boxes, class_norm = global_normalizers(sum(targets.counts), weight_sum, device).to(dtype).unbind()
+        error, targets, num_matched, weight_sum = None, None, 0, 0.0
+        try:
+            targets = pack_targets(labels, batch, self.num_labels, device, dtype)
+            check_predictions_finite(all_logits.detach(), all_boxes.detach(), names)
+            sizes = np.minimum(targets.counts, queries)
+            num_matched = int(sizes.sum())
+            weight_sum = num_matched + self.eos_coefficient * (batch * queries - num_matched)
+        except (TypeError, ValueError) as exc:
+            error = exc
+        count = sum(targets.counts) if targets is not None else 0
+        num_boxes, class_norm = global_normalizers(count, weight_sum, device, error).to(dtype).unbind()
 
         work_logits = all_logits.to(dtype)
         log_normalizer = work_logits.logsumexp(-1)  # [L, B, Q], shared by the matching cost and the CE

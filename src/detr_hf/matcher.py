@@ -12,7 +12,13 @@ from torch import nn
 
 from .box_ops import box_convert, generalized_box_iou
 
-__all__ = ["HungarianMatcher", "PackedTargets", "pack_targets", "check_predictions_finite"]
+__all__ = [
+    "HungarianMatcher",
+    "NonFinitePredictionError",
+    "PackedTargets",
+    "check_predictions_finite",
+    "pack_targets",
+]
 
 
 @dataclass
@@ -117,6 +123,10 @@ def pack_targets(
     return PackedTargets(class_labels, boxes, counts, padded_labels, padded_boxes)
 
 
+class NonFinitePredictionError(ValueError):
+    """Predictions contain NaN or inf: training has diverged (training loops may skip the step)."""
+
+
 def check_predictions_finite(
     logits: torch.Tensor, pred_boxes: torch.Tensor, layer_names: Sequence[str]
 ) -> None:
@@ -132,7 +142,7 @@ def check_predictions_finite(
         return  # finite values whose sum overflowed
     which, layer, image = (int(v) for v in bad.nonzero()[0])
     tensor = ("logits", "pred_boxes")[which]
-    raise ValueError(
+    raise NonFinitePredictionError(
         f"{tensor} of {layer_names[layer]} contain NaN or infinite values (image {image}): training has diverged "
         "(lower the learning rate, clip gradients, or check the inputs for NaN)"
     )
