@@ -206,3 +206,16 @@ def test_loading_keeps_the_frozen_backbone_stages(tmp_path):
     model.save_pretrained(tmp_path)
     loaded = DetrHfForObjectDetection.from_pretrained(tmp_path)
     assert {n for n, p in loaded.named_parameters() if not p.requires_grad} == frozen
+
+
+def test_misspelled_keyword_is_an_error_not_a_silent_no_mask():
+    pixels, mask = padded_batch()
+    with pytest.raises(TypeError, match=r"\['pixel_masks'\]"):
+        _model()(pixel_values=pixels, pixel_masks=mask)
+
+
+def test_from_pretrained_leaves_the_callers_config_alone(tmp_path):
+    _model().save_pretrained(tmp_path)
+    config = tiny_config(use_pretrained_backbone=True)
+    DetrHfForObjectDetection.from_pretrained(tmp_path, config=config)
+    assert config.use_pretrained_backbone is True

@@ -7,6 +7,8 @@ from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from .tracing import is_tracing
+
 
 class FoldedFrozenBatchNorm2d(FrozenBatchNorm2d):
     """A frozen BN whose affine the preceding `ConvFrozenBatchNorm2d` applies; it keeps its buffers (so the
@@ -53,12 +55,7 @@ class ConvFrozenBatchNorm2d(nn.Conv2d):
         return cache[1], cache[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            torch.is_grad_enabled()
-            or torch.compiler.is_compiling()
-            or torch.jit.is_tracing()
-            or torch.onnx.is_in_onnx_export()
-        ):
+        if torch.is_grad_enabled() or is_tracing():
             weight, shift = self._folded()
         else:
             weight, shift = self._cached_folded(x)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from .configuration_detr_hf import DetrHfConfig
 from .criterion import DetrHfLoss
 from .position_encoding import LearnedPositionEncoding, build_position_encoding
 from .sharing import push_with_card, save_with_code_and_card
+from .tracing import is_tracing
 from .training_queries import TrainingQueries, TrainingQueryLayout
 from .training_query_loss import training_query_loss
 from .transformer import DetrHfDecoder, DetrHfEncoder, TransformerLinear
@@ -104,6 +106,7 @@ class DetrHfPreTrainedModel(PreTrainedModel):
         config = kwargs.get("config")
         # Not `DetrHfConfig`: under trust_remote_code the config class may come from another module copy.
         if isinstance(config, PretrainedConfig):
+            config = kwargs["config"] = copy.deepcopy(config)  # never change the caller's object
             config.use_pretrained_backbone = False
             config.backbone_weights_path = None
         else:
@@ -144,6 +147,16 @@ class DetrHfPreTrainedModel(PreTrainedModel):
         """`PreTrainedModel.push_to_hub` that uploads the generated model card (see `save_pretrained`)."""
         tags = list(dict.fromkeys([*(self.model_tags or []), *(kwargs.pop("tags", None) or [])]))
         return push_with_card(self.save_pretrained, repo_id, tags=tags or None, **kwargs)
+
+
+# Keywords transformers' Trainer may pass to any model's forward; everything else unknown is a caller's typo.
+_IGNORED_FORWARD_KWARGS = frozenset({"num_items_in_batch"})
+
+
+def _reject_unknown_kwargs(kwargs: dict) -> None:
+    unknown = sorted(set(kwargs) - _IGNORED_FORWARD_KWARGS)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s) {unknown} (inputs are pixel_values, pixel_mask, labels)")
 
 
 def _unreadable_safetensors(source) -> str:
@@ -207,6 +220,7 @@ class DetrHfModel(DetrHfPreTrainedModel):
     ) -> DetrHfModelOutput | tuple:
         """pixel_values [B, C, H, W] float; pixel_mask [B, H, W] (1 = pixel, 0 = padding; None = all valid).
         labels: only read in training with extra queries on (denoising queries are built from them)."""
+        _reject_unknown_kwargs(kwargs)
         output_attentions = bool(output_attentions)
         output_hidden_states = bool(output_hidden_states)
         return_dict = self.config.return_dict if return_dict is None else return_dict
@@ -264,7 +278,7 @@ class DetrHfModel(DetrHfPreTrainedModel):
             )
         # One reduction instead of a full boolean copy: any NaN/inf makes the sum non-finite (a finite
         # overflow only sends us to the exact per-image check, which then finds nothing).
-        if not _is_tracing() and not torch.isfinite(pixel_values.sum()):
+        if not is_tracing() and not torch.isfinite(pixel_values.sum()):
             bad = (~torch.isfinite(pixel_values)).flatten(1).any(1).nonzero().flatten().tolist()
             if bad:
                 raise ValueError(f"pixel_values contain NaN or inf in image(s) {bad}")
@@ -280,14 +294,10 @@ class DetrHfModel(DetrHfPreTrainedModel):
                 f"pixel_mask must be an int or bool tensor (1 = pixel, 0 = padding), got {pixel_mask.dtype}"
             )
         mask = pixel_mask.to(torch.bool)
-        if not _is_tracing() and not mask.flatten(1).any(1).all():
+        if not is_tracing() and not mask.flatten(1).any(1).all():
             empty = (~mask.flatten(1).any(1)).nonzero().flatten().tolist()
             raise ValueError(f"pixel_mask has no valid pixel in image(s) {empty}")
         return mask
-
-
-def _is_tracing() -> bool:
-    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
 
 
 class BoxHead(nn.Module):
@@ -331,6 +341,7 @@ class DetrHfForObjectDetection(DetrHfPreTrainedModel):
         **kwargs,
     ) -> DetrHfObjectDetectionOutput | tuple:
         """labels: one dict per image with `class_labels` [N] int64 and `boxes` [N, 4] normalised (cx, cy, w, h)."""
+        _reject_unknown_kwargs(kwargs)
         return_dict = self.config.return_dict if return_dict is None else return_dict
         out = self.model(
             pixel_values, pixel_mask, output_attentions, output_hidden_states, return_dict=True, labels=labels

@@ -92,6 +92,11 @@ class _ResidualLayer(GradientCheckpointingLayer):
         hidden = hidden + self.dropout(out)
         return (hidden if self.pre_norm else norm(hidden)), weights
 
+    def _self_attention(self, x: torch.Tensor, pos: torch.Tensor, attn_mask, output_attentions: bool):
+        # q and k are the same tensor, which lets the attention run one fused q/k projection.
+        query_key = x + pos
+        return self.self_attn(query_key, query_key, x, attn_mask, output_attentions)
+
 
 class EncoderLayer(_ResidualLayer):
     """Self-attention (positions added to q and k) then FFN, each with residual and LayerNorm."""
@@ -119,10 +124,6 @@ class EncoderLayer(_ResidualLayer):
         )
         hidden, _ = self._residual(hidden, self.final_layer_norm, lambda x: (self.ffn(x), None))
         return hidden, weights
-
-    def _self_attention(self, x, pos, key_mask, output_attentions):
-        query_key = x + pos
-        return self.self_attn(query_key, query_key, x, key_mask, output_attentions)
 
 
 class DecoderLayer(_ResidualLayer):
@@ -171,10 +172,6 @@ class DecoderLayer(_ResidualLayer):
         )
         hidden, _ = self._residual(hidden, self.final_layer_norm, lambda x: (self.ffn(x), None))
         return hidden, self_weights, cross_weights
-
-    def _self_attention(self, x, query_pos, attn_mask, output_attentions):
-        query_key = x + query_pos
-        return self.self_attn(query_key, query_key, x, attn_mask, output_attentions)
 
 
 class DetrHfEncoder(nn.Module):
