@@ -168,3 +168,21 @@ def test_bad_rows_name_the_image(objects, message):
 def test_bad_crop_range():
     with pytest.raises(ValueError, match="min_size <= max_size"):
         RandomSizeCrop(30, 20)
+
+
+def test_transparent_images_are_composited_on_white_like_the_processor():
+    import numpy as np
+    from PIL import Image
+
+    from detr_hf import DetrHfImageProcessor
+    from detr_hf.data.transforms import build_eval_transform, transform_example
+
+    rgba = np.zeros((16, 16, 4), dtype=np.uint8)
+    rgba[..., 0] = 200
+    rgba[..., 3] = 64  # mostly transparent red
+    image = Image.fromarray(rgba, "RGBA")
+    tensor, _, _ = transform_example(build_eval_transform(16, 16), image, [[2, 2, 4, 4]], [0])
+    processor = DetrHfImageProcessor(do_resize=False, do_normalize=False, do_pad=False)
+    expected = processor(image, return_tensors="pt")["pixel_values"][0] * 255
+    assert (tensor.float() - expected).abs().max() <= 1.0
+    assert tensor[1].float().mean() > 150  # green comes from the white background, not dropped alpha

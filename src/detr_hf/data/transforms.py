@@ -106,6 +106,10 @@ def build_eval_transform(size: int = 800, max_size: int = 1333, min_box_size: fl
 
 def _to_image_tensor(image: Any, where: str) -> torch.Tensor:
     if isinstance(image, Image.Image):
+        if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+            # Over white, as DetrHfImageProcessor does at inference (a plain convert would drop alpha).
+            rgba = image.convert("RGBA")
+            image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
         return F.pil_to_tensor(image if image.mode == "RGB" else image.convert("RGB"))
     if isinstance(image, torch.Tensor) and image.ndim == 3 and image.dtype == torch.uint8:
         return image
