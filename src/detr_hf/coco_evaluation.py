@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from faster_coco_eval import COCO, COCOeval_faster
 
-from detr_hf.box_ops import denormalize_boxes
+from detr_hf.box_ops import box_convert, denormalize_boxes
 
 __all__ = [
     "COCO_METRIC_NAMES",
@@ -80,8 +80,13 @@ def normalize_prediction(prediction: dict, index: int = 0) -> dict[str, list]:
     return {"boxes": boxes, "scores": scores, "labels": labels}
 
 
+def _convert(boxes: list[list[float]], in_fmt: str, out_fmt: str) -> list[list[float]]:
+    """Box lists through the package's one conversion helper (float64, so COCO numbers stay exact)."""
+    return box_convert(torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4), in_fmt, out_fmt).tolist()
+
+
 def _box_areas(boxes: list[list[float]]) -> list[float]:
-    return [(x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes]
+    return [w * h for _, _, w, h in _convert(boxes, "xyxy", "xywh")]
 
 
 def normalize_reference(reference: dict, index: int = 0) -> dict[str, list]:
@@ -101,7 +106,11 @@ def normalize_reference(reference: dict, index: int = 0) -> dict[str, list]:
         for k, ann in enumerate(anns):
             if "bbox" not in ann or "category_id" not in ann:
                 raise ValueError(f"{where}: annotation {k} lacks 'bbox' or 'category_id'")
-        boxes = _check_boxes([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)], where)
+            if len(ann["bbox"]) != 4:
+                raise ValueError(
+                    f"{where}: annotation {k} bbox has {len(ann['bbox'])} values, expected 4 (x, y, w, h)"
+                )
+        boxes = _check_boxes(_convert([a["bbox"] for a in anns], "xywh", "xyxy"), where)
         labels = [int(a["category_id"]) for a in anns]
         area = [float(a["area"]) if a.get("area") is not None else None for a in anns]
         area = [a if a is not None else b for a, b in zip(area, _box_areas(boxes))]
@@ -137,11 +146,6 @@ def normalize_reference(reference: dict, index: int = 0) -> dict[str, list]:
     )
 
 
-def _xywh(box: list[float]) -> list[float]:
-    x0, y0, x1, y1 = box
-    return [x0, y0, x1 - x0, y1 - y0]
-
-
 def _coco_datasets(predictions: list[dict], references: list[dict]) -> tuple[dict, dict]:
     """Ground-truth and detection COCO dicts; image i is prediction/reference i (ids from 1: COCOeval
     treats an annotation id of 0 as "unmatched")."""
@@ -152,20 +156,22 @@ def _coco_datasets(predictions: list[dict], references: list[dict]) -> tuple[dic
     categories = [{"id": c, "name": str(c)} for c in category_ids]
     gt_anns, dt_anns = [], []
     for i, ref in enumerate(references):
-        for box, label, area, crowd in zip(ref["boxes"], ref["labels"], ref["area"], ref["iscrowd"]):
+        xywh_boxes = _convert(ref["boxes"], "xyxy", "xywh")
+        for box, label, area, crowd in zip(xywh_boxes, ref["labels"], ref["area"], ref["iscrowd"]):
             gt_anns.append(
                 {
                     "id": len(gt_anns) + 1,
                     "image_id": i,
                     "category_id": label,
-                    "bbox": _xywh(box),
+                    "bbox": box,
                     "area": area,
                     "iscrowd": crowd,
                 }
             )
     for i, pred in enumerate(predictions):
-        for box, score, label in zip(pred["boxes"], pred["scores"], pred["labels"]):
-            xywh = _xywh(box)
+        for xywh, score, label in zip(
+            _convert(pred["boxes"], "xyxy", "xywh"), pred["scores"], pred["labels"]
+        ):
             dt_anns.append(
                 {
                     "id": len(dt_anns) + 1,
