@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import os
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
-import numpy as np
-import PIL.Image
 import torch
 from torchvision.transforms.v2 import functional as tvF
 from transformers import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 
 from .annotations import coco_to_labels, normalize_category_mapping
+from .batch_memory import empty_batch
 from .box_ops import denormalize_boxes
+from .image_inputs import as_annotation_list, as_image_list, check_unit_range, prepare_image
 
 __all__ = ["DetrHfImageProcessor", "resized_size"]
 
@@ -207,13 +203,13 @@ class DetrHfImageProcessor(BaseImageProcessor):
             self.pad_to_multiple_of if pad_to_multiple_of is None else _check_multiple(pad_to_multiple_of)
         )
 
-        image_list = _as_image_list(images)
-        annotation_list = _as_annotation_list(annotations, len(image_list))
-        prepared = [_prepare_image(img, i, input_data_format) for i, img in enumerate(image_list)]
+        image_list = as_image_list(images)
+        annotation_list = as_annotation_list(annotations, len(image_list))
+        prepared = [prepare_image(img, i, input_data_format) for i, img in enumerate(image_list)]
         if do_rescale:
             for i, (tensor, kind) in enumerate(prepared):
                 if kind == "float":
-                    _check_unit_range(tensor, i)
+                    check_unit_range(tensor, i)
 
         resized = []
         for tensor, kind in prepared:
@@ -311,8 +307,8 @@ class DetrHfImageProcessor(BaseImageProcessor):
         if multiple:
             height, width = -(-height // multiple) * multiple, -(-width // multiple) * multiple
 
-        batch = _empty_batch((len(resized), 3, height, width), torch.float32, device)
-        mask = _empty_batch((len(resized), height, width), torch.bool, device).zero_()
+        batch = empty_batch((len(resized), 3, height, width), torch.float32, device)
+        mask = empty_batch((len(resized), height, width), torch.bool, device).zero_()
         for i, ((tensor, kind), (h, w)) in enumerate(zip(resized, sizes)):
             _write_affine(batch[i, :, :h, :w], tensor, *affine[kind])
             batch[i, :, h:, :] = 0
@@ -382,183 +378,6 @@ def _write_affine(
     return out
 
 
-_HUGE_PAGE = 2 << 20
-_MADV_HUGEPAGE = 14
-
-
-def _empty_batch(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """`torch.empty`, but a large CPU batch on Linux is advised onto transparent huge pages before its first
-    write: first-touch page faults on 4 KiB pages were most of the processor's time (a 16×3×980×960 float
-    batch: 68 ms → 12 ms to fill). Advisory only; any failure leaves the ordinary tensor."""
-    tensor = torch.empty(shape, dtype=dtype, device=device)
-    nbytes = tensor.numel() * tensor.element_size()
-    if tensor.device.type != "cpu" or nbytes < 4 * _HUGE_PAGE or not sys.platform.startswith("linux"):
-        return tensor
-    start = -(-tensor.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE
-    end = (tensor.data_ptr() + nbytes) // _HUGE_PAGE * _HUGE_PAGE
-    with contextlib.suppress(OSError, AttributeError):
-        _libc().madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_HUGEPAGE)
-    return tensor
-
-
-def _libc() -> ctypes.CDLL:
-    global _LIBC
-    if _LIBC is None:
-        _LIBC = ctypes.CDLL(None, use_errno=True)
-        _LIBC.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    return _LIBC
-
-
-_LIBC: ctypes.CDLL | None = None
-
-
-# ---------------------------------------------------------------------- input handling
-def _as_image_list(images: Any) -> list[Any]:
-    if isinstance(images, torch.Tensor | np.ndarray) and images.ndim == 4:
-        return list(images)
-    if isinstance(images, list | tuple):
-        if not images:
-            raise ValueError("images is an empty list")
-        return list(images)
-    return [images]
-
-
-def _as_annotation_list(annotations: Any, num_images: int) -> list[Mapping[str, Any]] | None:
-    if annotations is None:
-        return None
-    if isinstance(annotations, Mapping):
-        annotations = [annotations]
-    if not isinstance(annotations, Sequence) or isinstance(annotations, str):
-        raise TypeError(f"annotations must be a dict or a list of dicts, got {type(annotations).__name__}")
-    if len(annotations) != num_images:
-        raise ValueError(
-            f"got {num_images} images but {len(annotations)} annotations; give one annotation per image"
-        )
-    return list(annotations)
-
-
-_PIL_TO_RGB = ("CMYK", "YCbCr", "LAB", "HSV", "RGBX")
-
-
-def _pil_to_array(image: PIL.Image.Image) -> np.ndarray:
-    mode = image.mode
-    if mode == "1":
-        image = image.convert("L")
-    elif mode in ("P", "PA"):
-        has_alpha = mode == "PA" or "transparency" in image.info
-        image = image.convert("RGBA" if has_alpha else "RGB")
-    elif mode in _PIL_TO_RGB:
-        image = image.convert("RGB")
-    elif mode in ("La", "RGBa"):
-        image = image.convert(mode.upper())
-    array = np.array(image)
-    if image.mode == "I":
-        # 32-bit integer mode is how PIL opens 16-bit PNGs.
-        array = np.clip(array, 0, 65535).astype(np.uint16)
-    return array
-
-
-def _prepare_image(image: Any, index: int, input_data_format: str | None) -> tuple[torch.Tensor, str]:
-    """Any supported image → ([1 or 3, H, W] tensor, kind); kind: "uint8" (uint8 tensor), "uint16" or "float"
-    (float32 tensor holding the original values). HWC inputs stay as channels-last views: no copy here."""
-    channels_last = None
-    if isinstance(image, str | os.PathLike):
-        with PIL.Image.open(image) as opened:
-            image = _pil_to_array(opened)
-    if isinstance(image, PIL.Image.Image):
-        image = _pil_to_array(image)
-        channels_last = True
-    if isinstance(image, np.ndarray):
-        if image.dtype.byteorder == ">" or not image.flags.writeable:
-            image = image.astype(image.dtype.newbyteorder("="))
-        if image.dtype.kind == "f" and image.dtype != np.float32:
-            image = image.astype(np.float32)
-        if image.dtype not in (np.uint8, np.uint16, np.float32):
-            raise TypeError(f"image {index}: unsupported dtype {image.dtype} (use uint8, uint16 or float)")
-        tensor = torch.from_numpy(image)
-        default_last = True
-    elif isinstance(image, torch.Tensor):
-        tensor = image.detach()
-        default_last = False
-    else:
-        raise TypeError(
-            f"image {index}: unsupported type {type(image).__name__} (PIL image, numpy array or tensor)"
-        )
-
-    if tensor.dtype == torch.uint8:
-        kind = "uint8"
-    elif tensor.dtype == torch.uint16:
-        kind = "uint16"
-    elif tensor.is_floating_point():
-        kind = "float"
-    else:
-        raise TypeError(f"image {index}: unsupported dtype {tensor.dtype} (use uint8, uint16 or float)")
-    if kind != "uint8":
-        tensor = tensor.to(torch.float32)
-
-    if tensor.ndim == 2:
-        tensor = tensor.unsqueeze(0)
-    elif tensor.ndim == 3:
-        if channels_last is None:
-            channels_last = _is_channels_last(tensor.shape, default_last, input_data_format, index)
-        if channels_last:
-            tensor = tensor.permute(2, 0, 1)
-    else:
-        raise ValueError(
-            f"image {index}: expected 2 or 3 dimensions (HW, HWC or CHW), got shape {tuple(tensor.shape)}"
-        )
-    if tensor.shape[-1] == 0 or tensor.shape[-2] == 0:
-        raise ValueError(f"image {index} is empty: shape {tuple(tensor.shape)}")
-    channels = tensor.shape[0]
-    if channels in (2, 4):
-        tensor = _composite_on_white(tensor, kind)
-    elif channels not in (1, 3):
-        raise ValueError(
-            f"image {index}: expected 1, 2, 3 or 4 channels, got {channels} (shape {tuple(tensor.shape)})"
-        )
-    return tensor, kind
-
-
-def _is_channels_last(
-    shape: torch.Size, default_last: bool, input_data_format: str | None, index: int
-) -> bool:
-    if input_data_format is not None:
-        value = str(getattr(input_data_format, "value", input_data_format))
-        if value not in ("channels_first", "channels_last"):
-            raise ValueError(
-                f"input_data_format must be 'channels_first' or 'channels_last', got {input_data_format!r}"
-            )
-        return value == "channels_last"
-    last_ok, first_ok = shape[-1] <= 4, shape[0] <= 4
-    if last_ok and first_ok:
-        return default_last
-    if last_ok or first_ok:
-        return last_ok
-    raise ValueError(
-        f"image {index}: cannot find the channel axis of shape {tuple(shape)} (1-4 channels expected)"
-    )
-
-
-def _composite_on_white(tensor: torch.Tensor, kind: str) -> torch.Tensor:
-    """[C+1, H, W] with a trailing alpha channel → [C, H, W] over a white background, same kind."""
-    white = {"uint8": 255.0, "uint16": 65535.0, "float": 1.0}[kind]
-    color, alpha = tensor[:-1].float(), tensor[-1:].float() / white
-    blended = color * alpha + white * (1 - alpha)
-    return blended.round().to(torch.uint8) if kind == "uint8" else blended
-
-
-def _check_unit_range(tensor: torch.Tensor, index: int) -> None:
-    if not bool(torch.isfinite(tensor).all()):
-        raise ValueError(f"image {index} contains NaN or infinite values")
-    low, high = torch.aminmax(tensor)
-    if low < -1e-3 or high > 1 + 1e-3:
-        raise ValueError(
-            f"image {index} is a float image with values in [{low.item():g}, {high.item():g}]; float images must be "
-            "in [0, 1] (pass uint8 instead, or do_rescale=False to use the values as they are)"
-        )
-
-
-# ---------------------------------------------------------------------- option checks
 def _check_size(size: Any, name: str) -> dict[str, int]:
     if size is None:
         return {"shortest_edge": 800, "longest_edge": 1333}
