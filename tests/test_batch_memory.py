@@ -10,7 +10,7 @@ def test_large_batch_is_an_ordinary_writable_tensor():
     assert batch.shape == (4, 3, 1024, 1024) and batch.dtype == torch.float32 and batch.is_contiguous()
     batch.fill_(1.5)
     batch[2, 1, 5, 7] = -3.0
-    assert float(batch.sum()) == 1.5 * batch.numel() - 4.5
+    assert float(batch.double().sum()) == 1.5 * batch.numel() - 4.5
 
 
 def test_small_batch_takes_the_plain_path():
