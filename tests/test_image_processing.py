@@ -437,3 +437,12 @@ def test_object_detection_pipeline(caplog, capsys, tmp_path):
     assert "custom code" not in "".join(capsys.readouterr())
     assert type(from_folder.image_processor) is DetrHfImageProcessor
     assert from_folder(image, threshold=0.0) == detections
+
+
+def test_unpadded_mixed_sizes_cannot_become_one_tensor():
+    proc = DetrHfImageProcessor(size=SMALL, do_pad=False)
+    images = [random_image(40, 60), random_image(50, 50)]
+    with pytest.raises(ValueError, match="do_pad=False with images of different sizes"):
+        proc(images, return_tensors="pt")
+    as_list = proc(images)["pixel_values"]
+    assert len(as_list) == 2 and as_list[0].shape[-2:] != as_list[1].shape[-2:]

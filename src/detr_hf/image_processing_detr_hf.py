@@ -224,6 +224,12 @@ class DetrHfImageProcessor(BaseImageProcessor):
         pixel_values, pixel_mask = self._assemble(
             resized, do_rescale, rescale_factor, do_normalize, mean, std, do_pad, pad_size, multiple, device
         )
+        if isinstance(pixel_values, list) and return_tensors is not None:
+            sizes = sorted({tuple(t.shape[-2:]) for t in pixel_values})
+            raise ValueError(
+                f"do_pad=False with images of different sizes {sizes} cannot be returned as one {return_tensors!r} "
+                "tensor; pad (do_pad=True) or pass return_tensors=None to get a list"
+            )
         data: dict[str, Any] = {"pixel_values": pixel_values}
         if pixel_mask is not None:
             data["pixel_mask"] = pixel_mask
