@@ -82,7 +82,18 @@ class FeedForward(nn.Module):
 
 
 class _ResidualLayer(GradientCheckpointingLayer):
-    """Shared residual wiring: post-norm `norm(h + drop(f(h)))`, or pre-norm `h + drop(f(norm(h)))`."""
+    """Shared parts: self-attention and FFN sub-layers, and the residual wiring, post-norm
+    `norm(h + drop(f(h)))` or pre-norm `h + drop(f(norm(h)))`."""
+
+    def __init__(self, config, num_heads: int, ffn_dim: int) -> None:
+        super().__init__()
+        d = config.d_model
+        self.pre_norm = config.pre_norm
+        self.self_attn = MultiHeadAttention(d, num_heads, config.attention_dropout)
+        self.self_attn_layer_norm = nn.LayerNorm(d)
+        self.ffn = FeedForward(d, ffn_dim, config.activation_function, config.activation_dropout)
+        self.final_layer_norm = nn.LayerNorm(d)
+        self.dropout = nn.Dropout(config.dropout)
 
     def _residual(
         self, hidden: torch.Tensor, norm: nn.LayerNorm, block
@@ -102,16 +113,7 @@ class EncoderLayer(_ResidualLayer):
     """Self-attention (positions added to q and k) then FFN, each with residual and LayerNorm."""
 
     def __init__(self, config) -> None:
-        super().__init__()
-        d = config.d_model
-        self.pre_norm = config.pre_norm
-        self.self_attn = MultiHeadAttention(d, config.encoder_attention_heads, config.attention_dropout)
-        self.self_attn_layer_norm = nn.LayerNorm(d)
-        self.ffn = FeedForward(
-            d, config.encoder_ffn_dim, config.activation_function, config.activation_dropout
-        )
-        self.final_layer_norm = nn.LayerNorm(d)
-        self.dropout = nn.Dropout(config.dropout)
+        super().__init__(config, config.encoder_attention_heads, config.encoder_ffn_dim)
 
     def forward(
         self, hidden: torch.Tensor, pos: torch.Tensor, key_mask: torch.Tensor, output_attentions: bool = False
@@ -130,18 +132,10 @@ class DecoderLayer(_ResidualLayer):
     """Query self-attention, cross-attention to the encoder memory, FFN; query positions in q (and k)."""
 
     def __init__(self, config) -> None:
-        super().__init__()
-        d = config.d_model
-        self.pre_norm = config.pre_norm
-        self.self_attn = MultiHeadAttention(d, config.decoder_attention_heads, config.attention_dropout)
-        self.self_attn_layer_norm = nn.LayerNorm(d)
-        self.encoder_attn = MultiHeadAttention(d, config.decoder_attention_heads, config.attention_dropout)
-        self.encoder_attn_layer_norm = nn.LayerNorm(d)
-        self.ffn = FeedForward(
-            d, config.decoder_ffn_dim, config.activation_function, config.activation_dropout
-        )
-        self.final_layer_norm = nn.LayerNorm(d)
-        self.dropout = nn.Dropout(config.dropout)
+        super().__init__(config, config.decoder_attention_heads, config.decoder_ffn_dim)
+        heads = config.decoder_attention_heads
+        self.encoder_attn = MultiHeadAttention(config.d_model, heads, config.attention_dropout)
+        self.encoder_attn_layer_norm = nn.LayerNorm(config.d_model)
 
     def forward(
         self,
