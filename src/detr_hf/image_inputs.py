@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 import torch
 
 
@@ -33,6 +34,24 @@ def as_annotation_list(annotations: Any, num_images: int) -> list[Mapping[str, A
             f"got {num_images} images but {len(annotations)} annotations; give one annotation per image"
         )
     return list(annotations)
+
+
+_EXIF_ORIENTATION = 0x0112
+
+
+def upright(image: PIL.Image.Image) -> PIL.Image.Image:
+    """The image as a viewer shows it: EXIF orientation applied (as transformers' `load_image`); idempotent,
+    since the transposed copy carries no orientation tag. An untagged image is returned as it is, not copied."""
+    if image.getexif().get(_EXIF_ORIENTATION, 1) == 1:
+        return image
+    return PIL.ImageOps.exif_transpose(image)
+
+
+def open_image(path: str | os.PathLike) -> PIL.Image.Image:
+    """Open and decode an image file, upright (EXIF orientation applied), in its own mode."""
+    with PIL.Image.open(path) as opened:
+        opened.load()
+        return upright(opened)
 
 
 _PIL_TO_RGB = ("CMYK", "YCbCr", "LAB", "HSV", "RGBX")
@@ -61,10 +80,9 @@ def prepare_image(image: Any, index: int, input_data_format: str | None) -> tupl
     (float32 tensor holding the original values). HWC inputs stay as channels-last views: no copy here."""
     channels_last = None
     if isinstance(image, str | os.PathLike):
-        with PIL.Image.open(image) as opened:
-            image = _pil_to_array(opened)
+        image = open_image(image)
     if isinstance(image, PIL.Image.Image):
-        image = _pil_to_array(image)
+        image = _pil_to_array(upright(image))
         channels_last = True
     if isinstance(image, np.ndarray):
         if image.dtype.byteorder == ">" or not image.flags.writeable:
