@@ -42,7 +42,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from detr_hf.matcher import NonFinitePredictionError
+from detr_hf.targets import NonFinitePredictionError
 from detr_hf.training import (
     DetectionCollator,
     EpochSampler,

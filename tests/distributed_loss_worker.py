@@ -75,7 +75,7 @@ def main(launcher: str, out_path: str, scenario: str = "") -> None:
     model, features, labels = build()
     share = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
     if scenario == "nan":
-        from detr_hf.matcher import NonFinitePredictionError
+        from detr_hf.targets import NonFinitePredictionError
 
         model = nn.parallel.DistributedDataParallel(model) if launcher == "torchrun" else accelerator.prepare(model)
         shard = features[:, share] * (float("nan") if rank == 0 else 1.0)

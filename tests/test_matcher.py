@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers.loss.loss_for_object_detection import HungarianMatcher as ReferenceMatcher
 
-from detr_hf.matcher import HungarianMatcher, pack_targets
+from detr_hf.matcher import HungarianMatcher
+from detr_hf.targets import pack_targets
 from loss_problems import random_counts, random_labels, random_predictions
 
 WEIGHTS = (1.0, 5.0, 2.0)

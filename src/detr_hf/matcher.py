@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -11,158 +11,29 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from .box_ops import box_convert, generalized_box_iou
+from .deprecation import moved_names
 
-__all__ = [
-    "HungarianMatcher",
-    "NonFinitePredictionError",
-    "PackedTargets",
-    "check_predictions_finite",
-    "pack_targets",
-]
+# Private aliases: the public names below resolve through the deprecation shim, with a warning.
+from .targets import check_prediction_shapes as _check_prediction_shapes
+from .targets import check_predictions_finite as _check_predictions_finite
+from .targets import pack_targets as _pack_targets
 
+if TYPE_CHECKING:
+    from .targets import PackedTargets
 
-@dataclass
-class PackedTargets:
-    """Validated targets of one batch.
+__all__ = ["HungarianMatcher"]
 
-    class_labels [T] int64 and boxes [T, 4] hold every image's targets concatenated (T = sum of counts);
-    padded_labels [B, N] and padded_boxes [B, N, 4] hold the same right-padded to N = max(counts).
-    """
-
-    class_labels: torch.Tensor
-    boxes: torch.Tensor
-    counts: list[int]
-    padded_labels: torch.Tensor
-    padded_boxes: torch.Tensor
-
-
-def _check_structure(labels: Sequence[Mapping[str, torch.Tensor]], batch_size: int) -> None:
-    if isinstance(labels, Mapping) or not isinstance(labels, Sequence):
-        raise TypeError(f"labels must be a list of dicts (one per image), got {type(labels).__name__}")
-    if len(labels) != batch_size:
-        raise ValueError(f"labels has {len(labels)} dicts but the predictions have batch size {batch_size}")
-    for i, target in enumerate(labels):
-        if not isinstance(target, Mapping):
-            raise TypeError(
-                f"labels[{i}] must be a dict with 'class_labels' and 'boxes', got {type(target).__name__}"
-            )
-        for key in ("class_labels", "boxes"):
-            if key not in target:
-                raise ValueError(f"labels[{i}] is missing the key {key!r} (it has {sorted(target)})")
-            if not isinstance(target[key], torch.Tensor):
-                raise TypeError(
-                    f"labels[{i}][{key!r}] must be a torch.Tensor, got {type(target[key]).__name__}"
-                )
-        class_labels, boxes = target["class_labels"], target["boxes"]
-        if class_labels.is_floating_point() or class_labels.is_complex() or class_labels.dtype == torch.bool:
-            raise TypeError(
-                f"labels[{i}]['class_labels'] must be an integer tensor (int64), got {class_labels.dtype}"
-            )
-        if not boxes.is_floating_point():
-            raise TypeError(f"labels[{i}]['boxes'] must be a floating point tensor, got {boxes.dtype}")
-        if class_labels.ndim != 1:
-            raise ValueError(
-                f"labels[{i}]['class_labels'] must have shape [N], got {list(class_labels.shape)}"
-            )
-        if boxes.ndim != 2 or boxes.shape[1] != 4 or boxes.shape[0] != class_labels.shape[0]:
-            raise ValueError(
-                f"labels[{i}]['boxes'] must have shape [N, 4] with N = len(class_labels) = {class_labels.shape[0]}, "
-                f"got {list(boxes.shape)}"
-            )
-
-
-def _locate(flat_index: int, counts: list[int]) -> tuple[int, int]:
-    """Flat index into the concatenated targets → (image index, box index within that image)."""
-    ends = np.cumsum(counts)
-    image = int(np.searchsorted(ends, flat_index, side="right"))
-    return image, flat_index - int(ends[image] - counts[image])
-
-
-def pack_targets(
-    labels: Sequence[Mapping[str, torch.Tensor]],
-    batch_size: int,
-    num_labels: int,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> PackedTargets:
-    """Validate the label dicts (one host sync for all images) and concatenate/pad them on `device`.
-
-    Raises TypeError/ValueError naming the image (and box) index for: wrong container, length, keys,
-    dtypes or shapes; class ids outside 0..num_labels-1; boxes that are not normalised (cx, cy, w, h).
-    """
-    _check_structure(labels, batch_size)
-    counts = [int(t["class_labels"].shape[0]) for t in labels]
-    class_labels = torch.cat([t["class_labels"].to(device=device, dtype=torch.int64) for t in labels])
-    boxes = torch.cat([t["boxes"].to(device=device, dtype=dtype) for t in labels])
-
-    bad_class = (class_labels < 0) | (class_labels >= num_labels)
-    bad_box = (
-        ~torch.isfinite(boxes).all(-1)
-        | (boxes < 0).any(-1)
-        | (boxes > 1).any(-1)
-        | (boxes[:, 2:] <= 0).any(-1)
-    )
-    bad = bad_class | bad_box
-    if class_labels.numel() and bool(bad.any()):
-        first = int(bad.nonzero()[0, 0])
-        image, box = _locate(first, counts)
-        if bool(bad_class[first]):
-            raise ValueError(
-                f"labels[{image}]['class_labels'][{box}] = {int(class_labels[first])} is outside 0..{num_labels - 1} "
-                f"(num_labels = {num_labels}; the extra 'no object' logit is not a valid target class)"
-            )
-        raise ValueError(
-            f"labels[{image}]['boxes'][{box}] = {boxes[first].tolist()} is not a normalised (cx, cy, w, h) box: "
-            "values must be finite and in [0, 1] with w > 0 and h > 0, relative to the image's own unpadded size "
-            "(absolute pixels or (x0, y0, x1, y1) boxes are a common cause)"
-        )
-
-    padded_labels = nn.utils.rnn.pad_sequence(list(class_labels.split(counts)), batch_first=True)
-    # Padding columns are never read by the assignment; a valid box keeps their costs finite.
-    padded_boxes = nn.utils.rnn.pad_sequence(list(boxes.split(counts)), batch_first=True, padding_value=0.5)
-    return PackedTargets(class_labels, boxes, counts, padded_labels, padded_boxes)
-
-
-class NonFinitePredictionError(ValueError):
-    """Predictions contain NaN or inf: training has diverged (training loops may skip the step)."""
-
-
-def check_predictions_finite(
-    logits: torch.Tensor, pred_boxes: torch.Tensor, layer_names: Sequence[str]
-) -> None:
-    """Raise ValueError naming the tensor, decoder layer and image if a prediction is NaN or infinite.
-
-    logits [L, B, Q, C+1] and pred_boxes [L, B, Q, 4] stack the decoder layers named by `layer_names`.
-    """
-    # A NaN or inf anywhere makes the sum non-finite: one cheap reduction, the full scan only on failure.
-    if bool(torch.isfinite(logits.sum() + pred_boxes.sum())):
-        return
-    bad = torch.stack([~torch.isfinite(t).flatten(2).all(-1) for t in (logits, pred_boxes)])  # [2, L, B]
-    if not bool(bad.any()):
-        return  # finite values whose sum overflowed
-    which, layer, image = (int(v) for v in bad.nonzero()[0])
-    tensor = ("logits", "pred_boxes")[which]
-    raise NonFinitePredictionError(
-        f"{tensor} of {layer_names[layer]} contain NaN or infinite values (image {image}): training has diverged "
-        "(lower the learning rate, clip gradients, or check the inputs for NaN)"
-    )
-
-
-def check_prediction_shapes(logits: torch.Tensor, pred_boxes: torch.Tensor, name: str) -> None:
-    """Raise TypeError/ValueError unless logits is [B, Q, C+1] and pred_boxes [B, Q, 4], both floating point."""
-    for tensor_name, tensor in (("logits", logits), ("pred_boxes", pred_boxes)):
-        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
-            kind = tensor.dtype if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-            raise TypeError(f"{tensor_name} of {name} must be a floating point tensor, got {kind}")
-    if logits.ndim != 3 or logits.shape[-1] < 2:
-        raise ValueError(
-            f"logits of {name} must have shape [batch, queries, num_labels + 1], got {list(logits.shape)}"
-        )
-    if pred_boxes.shape != (*logits.shape[:2], 4):
-        raise ValueError(
-            f"pred_boxes of {name} must have shape [batch, queries, 4] = {[*logits.shape[:2], 4]}, "
-            f"got {list(pred_boxes.shape)}"
-        )
+# The loss-input contract moved to targets.py; its names stay importable from here for one release.
+__getattr__ = moved_names(
+    __name__,
+    {
+        "NonFinitePredictionError": "targets.NonFinitePredictionError",
+        "PackedTargets": "targets.PackedTargets",
+        "check_prediction_shapes": "targets.check_prediction_shapes",
+        "check_predictions_finite": "targets.check_predictions_finite",
+        "pack_targets": "targets.pack_targets",
+    },
+)
 
 
 class HungarianMatcher(nn.Module):
@@ -194,10 +65,10 @@ class HungarianMatcher(nn.Module):
         and `boxes` [N_i, 4]. Returns B pairs (query_idx, target_idx), int64 CPU tensors of length
         min(Q, N_i), query indices ascending.
         """
-        check_prediction_shapes(logits, pred_boxes, "the predictions")
+        _check_prediction_shapes(logits, pred_boxes, "the predictions")
         work_dtype = torch.promote_types(pred_boxes.dtype, torch.float32)
-        targets = pack_targets(labels, logits.shape[0], logits.shape[-1] - 1, logits.device, work_dtype)
-        check_predictions_finite(logits[None], pred_boxes[None], ["the predictions"])
+        targets = _pack_targets(labels, logits.shape[0], logits.shape[-1] - 1, logits.device, work_dtype)
+        _check_predictions_finite(logits[None], pred_boxes[None], ["the predictions"])
         query_idx, target_idx = self.match_layers(logits[None], pred_boxes[None], targets)
         sizes = [min(logits.shape[1], n) for n in targets.counts]
         queries = torch.from_numpy(query_idx[0]).split(sizes)

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .backbone import DetrHfBackbone
 from .configuration_detr_hf import DetrHfConfig
 from .criterion import DetrHfLoss
+from .extra_queries import ExtraQueries, ExtraQueryStates
+from .extra_query_loss import extra_query_loss
+from .hub_io import load_pretrained, push_to_hub, save_pretrained
 from .position_encoding import LearnedPositionEncoding, build_position_encoding
-from .sharing import push_with_card, save_with_code_and_card
+from .targets import PackedTargets, pack_targets
 from .tracing import is_tracing
-from .training_queries import TrainingQueries, TrainingQueryLayout
-from .training_query_loss import training_query_loss
 from .transformer import DetrHfDecoder, DetrHfEncoder, TransformerLinear
 
 
@@ -32,7 +30,7 @@ class DetrHfModelOutput(ModelOutput):
     intermediate_hidden_states: [L, B, Q, d] every decoder layer's normalised output.
     encoder_last_hidden_state: [B, h*w, d] encoder memory.
     feature_mask: [B, h, w] bool, True where the feature map covers real pixels.
-    training_queries: in training with labels and extra queries on (see training_queries.py), their layout and
+    training_queries: in training with labels and extra queries on (see extra_queries.py), their layout and
         decoder outputs; the fields above then still hold only the inference queries.
     """
 
@@ -45,7 +43,7 @@ class DetrHfModelOutput(ModelOutput):
     encoder_attentions: tuple[torch.Tensor, ...] | None = None
     decoder_attentions: tuple[torch.Tensor, ...] | None = None
     cross_attentions: tuple[torch.Tensor, ...] | None = None
-    training_queries: TrainingQueryLayout | None = None
+    training_queries: ExtraQueryStates | None = None
 
 
 @dataclass
@@ -56,7 +54,7 @@ class DetrHfObjectDetectionOutput(ModelOutput):
     logits: [B, Q, num_labels + 1] (last = no object); pred_boxes: [B, Q, 4] normalised (cx, cy, w, h).
     auxiliary_outputs: one dict {"logits", "pred_boxes"} per earlier decoder layer when `auxiliary_loss`.
     training_query_outputs: training-only extra queries' predictions {"logits", "pred_boxes"} [L, B, T - Q, ...]
-        (other query groups, then denoising queries; see training_queries.py), never in the fields above.
+        (other query groups, then denoising queries; see extra_queries.py), never in the fields above.
     """
 
     loss: torch.Tensor | None = None
@@ -100,53 +98,21 @@ class DetrHfPreTrainedModel(PreTrainedModel):
         elif isinstance(module, (nn.Linear, nn.Conv2d)):
             _torch_default_init(module)
 
+    # Loading, saving and publishing policy: hub_io.py.
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`; the backbone's weights come from the checkpoint, never timm's source."""
-        config = kwargs.get("config")
-        # Not `DetrHfConfig`: under trust_remote_code the config class may come from another module copy.
-        if isinstance(config, PretrainedConfig):
-            config = kwargs["config"] = copy.deepcopy(config)  # never change the caller's object
-            config.use_pretrained_backbone = False
-            config.backbone_weights_path = None
-        else:
-            kwargs.setdefault("use_pretrained_backbone", False)
-            kwargs.setdefault("backbone_weights_path", None)
-        # Weights only from safetensors: a pytorch_model.bin is a pickle. `use_safetensors=False` opts in.
-        safetensors_only = kwargs.setdefault("use_safetensors", True)
-        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
-        try:
-            model = super().from_pretrained(*args, **kwargs)
-        except SafetensorError as error:
-            raise OSError(
-                f"unreadable safetensors file {_unreadable_safetensors(source)}: {error}"
-            ) from error
-        except OSError as error:
-            if safetensors_only and source is not None and (Path(source) / "pytorch_model.bin").is_file():
-                raise OSError(
-                    f"{source} has pytorch_model.bin but no model.safetensors; detr_hf loads weights only from "
-                    "safetensors (a .bin file is a pickle). Re-save it with save_pretrained, or pass "
-                    "use_safetensors=False if you trust the file."
-                ) from error
-            raise
-        # transformers rebuilds loaded parameters as trainable: restore the config's frozen backbone stages.
-        loaded = model[0] if isinstance(model, tuple) else model
-        for module in loaded.modules():
-            if isinstance(module, DetrHfBackbone):
-                module.apply_freezing()
-        return model
+        """`PreTrainedModel.from_pretrained`: weights only from safetensors, the backbone's from the checkpoint
+        (never timm's source), the caller's config untouched, frozen stages kept frozen (see hub_io.py)."""
+        return load_pretrained(super().from_pretrained, *args, **kwargs)
 
     def save_pretrained(self, save_directory, *args, model_card: dict | None = None, **kwargs):
         """`PreTrainedModel.save_pretrained`, plus the code of all four auto classes (`auto_map`) and a generated
-        README.md (`model_card`: keyword arguments of `detr_hf.modelcard.build_model_card`)."""
-        return save_with_code_and_card(
-            super().save_pretrained, self.config, save_directory, args, kwargs, model_card
-        )
+        README.md (`model_card`: keyword arguments of `detr_hf.modelcard.build_model_card`); see hub_io.py."""
+        return save_pretrained(super().save_pretrained, self, save_directory, *args, model_card=model_card, **kwargs)
 
     def push_to_hub(self, repo_id: str, **kwargs):
         """`PreTrainedModel.push_to_hub` that uploads the generated model card (see `save_pretrained`)."""
-        tags = list(dict.fromkeys([*(self.model_tags or []), *(kwargs.pop("tags", None) or [])]))
-        return push_with_card(self.save_pretrained, repo_id, tags=tags or None, **kwargs)
+        return push_to_hub(super().push_to_hub, self, repo_id, **kwargs)
 
 
 # Keywords transformers' Trainer may pass to any model's forward; everything else unknown is a caller's typo.
@@ -157,18 +123,6 @@ def _reject_unknown_kwargs(kwargs: dict) -> None:
     unknown = sorted(set(kwargs) - _IGNORED_FORWARD_KWARGS)
     if unknown:
         raise TypeError(f"unexpected keyword argument(s) {unknown} (inputs are pixel_values, pixel_mask, labels)")
-
-
-def _unreadable_safetensors(source) -> str:
-    """The first .safetensors file in a local folder whose header does not parse (else `source` itself)."""
-    folder = Path(str(source))
-    for file in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
-        try:
-            with safe_open(file, "pt"):
-                pass
-        except SafetensorError:
-            return str(file)
-    return str(source)
 
 
 def _torch_default_init(module: nn.Module) -> None:
@@ -204,8 +158,9 @@ class DetrHfModel(DetrHfPreTrainedModel):
         self.query_position_embeddings = nn.Embedding(config.num_queries, config.d_model)
         self.encoder = DetrHfEncoder(config)
         self.decoder = DetrHfDecoder(config)
-        # Training-only query groups / denoising queries: separate parameters, unused at inference.
-        self.training_queries = TrainingQueries(config) if TrainingQueries.enabled(config) else None
+        # Training-only extra queries (query groups, denoising queries): separate parameters, unused at inference.
+        # The attribute keeps its 0.1.0 name: it is the checkpoints' key prefix.
+        self.training_queries = ExtraQueries.from_config(config)
         self.post_init()
 
     def forward(
@@ -219,7 +174,8 @@ class DetrHfModel(DetrHfPreTrainedModel):
         **kwargs,
     ) -> DetrHfModelOutput | tuple:
         """pixel_values [B, C, H, W] float; pixel_mask [B, H, W] (1 = pixel, 0 = padding; None = all valid).
-        labels: only read in training with extra queries on (denoising queries are built from them)."""
+        labels: only read in training with extra queries on (denoising queries are built from them); label dicts
+        or already `PackedTargets`."""
         _reject_unknown_kwargs(kwargs)
         output_attentions = bool(output_attentions)
         output_hidden_states = bool(output_hidden_states)
@@ -239,16 +195,14 @@ class DetrHfModel(DetrHfPreTrainedModel):
         )
         query_pos = self.query_position_embeddings.weight[None].expand(batch, -1, -1)
         target = torch.zeros_like(query_pos)
-        self_attn_mask = extra = None
-        if self.training_queries is not None and self.training and labels is not None:  # training_queries.py
-            target, query_pos, self_attn_mask, extra = self.training_queries(target, query_pos, labels)
+        self_attn_mask = layout = extra = None
+        if self.training_queries is not None and self.training and labels is not None:  # extra_queries.py
+            target, query_pos, self_attn_mask, layout = self.training_queries(target, query_pos, labels)
         decoded, dec_states, self_attns, cross_attns = self.decoder(
             target, query_pos, memory, pos, key_mask, self_attn_mask, output_attentions, output_hidden_states
         )
-        if extra is not None:
-            # [L, B, T, d] -> inference queries [L, B, Q, d] + extra queries [L, B, T - Q, d]
-            extra.hidden_states = decoded[:, :, self.config.num_queries :]
-            decoded = decoded[:, :, : self.config.num_queries]
+        if layout is not None:  # [L, B, T, d] -> inference queries [L, B, Q, d] + extra queries' states
+            decoded, extra = layout.split(decoded)
         output = DetrHfModelOutput(
             last_hidden_state=decoded[-1],
             intermediate_hidden_states=decoded,
@@ -324,11 +278,21 @@ class DetrHfForObjectDetection(DetrHfPreTrainedModel):
         self.model = DetrHfModel(config)
         self.class_labels_classifier = nn.Linear(config.d_model, config.num_labels + 1)
         self.bbox_predictor = BoxHead(config.d_model)
+        # (config values, loss) of `criterion`: a tuple, so not a submodule and never in the state_dict.
+        self._criterion_cache: tuple[tuple, DetrHfLoss] | None = None
         self.post_init()
 
     def build_criterion(self) -> DetrHfLoss:
-        """The loss module for the current config (rebuilt when the config changes)."""
+        """A new loss module for the current config (`criterion` caches it)."""
         return DetrHfLoss.from_config(self.config)
+
+    @property
+    def criterion(self) -> DetrHfLoss:
+        """The loss module: built once, rebuilt only when a config field it reads (`config_fields`) changes."""
+        values = DetrHfLoss.config_values(self.config)
+        if self._criterion_cache is None or self._criterion_cache[0] != values:
+            self._criterion_cache = (values, self.build_criterion())
+        return self._criterion_cache[1]
 
     def forward(
         self,
@@ -343,30 +307,37 @@ class DetrHfForObjectDetection(DetrHfPreTrainedModel):
         """labels: one dict per image with `class_labels` [N] int64 and `boxes` [N, 4] normalised (cx, cy, w, h)."""
         _reject_unknown_kwargs(kwargs)
         return_dict = self.config.return_dict if return_dict is None else return_dict
+        targets = self._pack_labels(labels, pixel_values)
         out = self.model(
-            pixel_values, pixel_mask, output_attentions, output_hidden_states, return_dict=True, labels=labels
+            pixel_values,
+            pixel_mask,
+            output_attentions,
+            output_hidden_states,
+            return_dict=True,
+            labels=targets if isinstance(targets, PackedTargets) else None,
         )
-        hidden = out.intermediate_hidden_states
+        hidden = out.intermediate_hidden_states  # [L, B, Q, d]
         # The last layer goes through the heads on its own, so the aux flag cannot change even the
         # rounding of the predictions (a GEMM over more rows may block differently).
-        logits = self.class_labels_classifier(hidden[-1])
-        pred_boxes = self.bbox_predictor(hidden[-1])
+        logits, pred_boxes = self._predict(hidden[-1])
+        # Supervised layers, first layer first: [L', B, Q, C+1] and [L', B, Q, 4] (L' = 1 without aux outputs).
+        all_logits, all_boxes = logits[None], pred_boxes[None]
         auxiliary_outputs = None
         if self.config.auxiliary_loss and (labels is not None or self.training) and len(hidden) > 1:
-            # Heads shared by the earlier layers: [L-1, B, Q, d] -> [L-1, B, Q, C+1] and [L-1, B, Q, 4].
-            aux_logits = self.class_labels_classifier(hidden[:-1])
-            aux_boxes = self.bbox_predictor(hidden[:-1])
+            aux_logits, aux_boxes = self._predict(hidden[:-1])
+            all_logits, all_boxes = torch.cat((aux_logits, all_logits)), torch.cat((aux_boxes, all_boxes))
             auxiliary_outputs = [{"logits": lg, "pred_boxes": bx} for lg, bx in zip(aux_logits, aux_boxes)]
 
         loss = loss_dict = extra_outputs = None
-        if labels is not None and out.training_queries is not None:  # training_query_loss.py
-            loss, loss_dict, extra_outputs = self._training_query_loss(
-                out.training_queries, labels, auxiliary_outputs, logits, pred_boxes
-            )
+        if labels is not None and out.training_queries is not None:  # extra_query_loss.py
+            extra_logits, extra_boxes = self._predict(out.training_queries.hidden_states[-len(all_logits) :])
+            extra_outputs = {"logits": extra_logits, "pred_boxes": extra_boxes}
+            loss, loss_dict = extra_query_loss(
+                self.criterion.to(logits.device), all_logits, all_boxes, extra_logits, extra_boxes,
+                out.training_queries.layout, targets,
+            )  # fmt: skip
         elif labels is not None:
-            loss, loss_dict = self.build_criterion().to(logits.device)(
-                logits, pred_boxes, labels, auxiliary_outputs
-            )
+            loss, loss_dict = self.criterion.to(logits.device).stacked(all_logits, all_boxes, targets)
         output = DetrHfObjectDetectionOutput(
             loss=loss,
             loss_dict=loss_dict,
@@ -384,19 +355,19 @@ class DetrHfForObjectDetection(DetrHfPreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
-    def _training_query_loss(self, layout, labels, auxiliary_outputs, logits, pred_boxes):
-        """Loss with the training-only extra queries; their predictions [L, B, T - Q, ...] as a dict."""
-        layers = 1 + len(auxiliary_outputs or [])
-        extra_hidden = layout.hidden_states[-layers:]
-        extra = {
-            "logits": self.class_labels_classifier(extra_hidden),
-            "pred_boxes": self.bbox_predictor(extra_hidden),
-        }
-        # Supervised layers of the inference queries, first layer first: [L, B, Q, C+1] and [L, B, Q, 4].
-        all_logits = torch.stack([aux["logits"] for aux in auxiliary_outputs or []] + [logits])
-        all_boxes = torch.stack([aux["pred_boxes"] for aux in auxiliary_outputs or []] + [pred_boxes])
-        criterion = self.build_criterion().to(logits.device)
-        loss, loss_dict = training_query_loss(
-            criterion, all_logits, all_boxes, extra["logits"], extra["pred_boxes"], layout, labels
-        )
-        return loss, loss_dict, extra
+    def _predict(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shared heads: hidden [..., Q, d] -> logits [..., Q, num_labels + 1] and boxes [..., Q, 4]."""
+        return self.class_labels_classifier(hidden), self.bbox_predictor(hidden)
+
+    def _pack_labels(self, labels, pixel_values: torch.Tensor):
+        """Validate and pack the labels once for the step (the loss and the extra queries share them).
+
+        Invalid labels are returned as given: the criterion then raises their error on every process together.
+        """
+        if labels is None or not isinstance(pixel_values, torch.Tensor):
+            return labels  # bad pixel_values: the base model names the problem
+        dtype = torch.promote_types(self.dtype, torch.float32)
+        try:
+            return pack_targets(labels, pixel_values.shape[0], self.config.num_labels, pixel_values.device, dtype)
+        except (TypeError, ValueError):
+            return labels

@@ -25,8 +25,8 @@ AUTO_CLASSES: dict[str, tuple[str, str]] = {
 _CODE_DIR = Path(__file__).parent
 
 
-def full_auto_map() -> dict[str, str]:
-    """`auto_map` naming every auto class whose module is present next to this file.
+def full_auto_map(code_dir: str | os.PathLike = _CODE_DIR) -> dict[str, str]:
+    """`auto_map` naming every auto class whose module is present in `code_dir` (default: the package).
 
     A model loaded as remote code may run from a cache holding only the modeling modules; classes
     whose code is absent there are left out rather than pointing at a file the folder will not have.
@@ -34,15 +34,15 @@ def full_auto_map() -> dict[str, str]:
     return {
         auto_class: f"{module}.{name}"
         for auto_class, (module, name) in AUTO_CLASSES.items()
-        if (_CODE_DIR / f"{module}.py").is_file()
+        if (Path(code_dir) / f"{module}.py").is_file()
     }
 
 
-def copy_code(folder: str | os.PathLike) -> list[str]:
-    """Copy the module of every auto class and all modules they import relatively into `folder`."""
+def copy_code(folder: str | os.PathLike, code_dir: str | os.PathLike = _CODE_DIR) -> list[str]:
+    """Copy the module of every auto class found in `code_dir` and all modules they import relatively into `folder`."""
     copied = []
     for module in sorted({module for module, _ in AUTO_CLASSES.values()}):
-        source = _CODE_DIR / f"{module}.py"
+        source = Path(code_dir) / f"{module}.py"
         if not source.is_file():
             continue
         for file in (str(source), *get_relative_import_files(source)):
@@ -60,8 +60,10 @@ def save_with_code_and_card(
     args: tuple,
     kwargs: dict[str, Any],
     model_card: Mapping[str, Any] | None,
+    code_dir: str | os.PathLike = _CODE_DIR,
 ) -> Any:
-    """Run transformers' `save` with the full auto_map, then add the code files and the model card.
+    """Run transformers' `save` with the full auto_map, then add the code files (from `code_dir`, the saved
+    model's own code) and the model card.
 
     `push_to_hub=True` is handled here so the upload happens after the folder is complete.
     """
@@ -71,11 +73,11 @@ def save_with_code_and_card(
         for k in ("repo_id", "commit_message", "create_pr", "token", "private")
         if k in kwargs
     }
-    config.auto_map = full_auto_map()
+    config.auto_map = full_auto_map(code_dir)
     result = save(save_directory, *args, **kwargs)
     if not kwargs.get("is_main_process", True):
         return result
-    copy_code(save_directory)
+    copy_code(save_directory, code_dir)
     write_model_card(save_directory, config, **dict(model_card or {}))
     if push:
         repo_id = hub_kwargs.pop("repo_id", Path(save_directory).name)

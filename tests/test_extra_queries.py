@@ -13,7 +13,7 @@ import torch
 from conftest import padded_batch, tiny_config
 from detr_hf import DetrHfConfig, DetrHfForObjectDetection
 from detr_hf.criterion import DetrHfLoss
-from detr_hf.training_queries import noise_boxes, noise_labels
+from detr_hf.extra_queries import noise_boxes, noise_labels
 
 NO_DROPOUT = dict(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
 GROUPS, DN_GROUPS, QUERIES = 3, 2, 5
