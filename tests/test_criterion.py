@@ -13,6 +13,7 @@ import detr_hf.criterion as criterion_module
 from detr_hf.configuration_detr_hf import DetrHfConfig
 from detr_hf.criterion import DetrHfLoss
 from detr_hf.matcher import HungarianMatcher
+from detr_hf.targets import pack_targets
 from loss_problems import random_counts, random_labels, random_predictions
 
 NUM_LABELS = 10
@@ -222,3 +223,68 @@ def test_bad_inputs_raise_clear_errors():
         loss_fn(last_logits, last_boxes, labels, {"logits": last_logits, "pred_boxes": last_boxes})
     with pytest.raises(ValueError, match=r"num_labels must be an integer"):
         DetrHfLoss(0, HungarianMatcher())
+
+
+def test_stacked_entry_point_equals_forward_bit_for_bit():
+    logits, box_logits, labels = problem(9, [4, 0, 7, 2])
+    boxes = box_logits.sigmoid()
+    loss_fn = make_loss()
+    via_forward = loss_fn(*split_layers(logits, boxes)[:2], labels, split_layers(logits, boxes)[2])
+    via_stacked = loss_fn.stacked(logits, boxes, labels)
+    packed = pack_targets(labels, 4, NUM_LABELS, logits.device, torch.float32)
+    via_packed = loss_fn.stacked(logits, boxes, packed)
+    for loss, terms in (via_stacked, via_packed):
+        assert torch.equal(loss, via_forward[0])
+        assert terms.keys() == via_forward[1].keys()
+        assert all(torch.equal(terms[k], via_forward[1][k]) for k in terms)
+    # Without auxiliary loss only the last stacked layer counts.
+    last_only = make_loss(auxiliary_loss=False).stacked(logits, boxes, packed)
+    assert torch.equal(last_only[0], make_loss(auxiliary_loss=False).stacked(logits[-1:], boxes[-1:], labels)[0])
+    assert "loss_ce_0" not in last_only[1]
+
+
+class _LossWithCentreTerm(DetrHfLoss):
+    """A loss with one more named part: the L2 distance of matched box centres (stands in for a mask loss)."""
+
+    @property
+    def term_weights(self):
+        return {**super().term_weights, "loss_centre": 3.0}
+
+    def layer_losses(self, logits, log_normalizer, pred_boxes, targets, matching, norms):
+        terms = super().layer_losses(logits, log_normalizer, pred_boxes, targets, matching, norms)
+        pred = pred_boxes[matching.layer, matching.image, matching.query][..., :2]  # [L, M, 2]
+        target = targets.boxes[matching.target][..., :2]
+        terms["loss_centre"] = (pred - target).norm(dim=-1).sum(-1) / norms.num_boxes
+        return terms
+
+
+def test_a_new_named_part_joins_the_loss_and_the_loss_dict():
+    logits, box_logits, labels = problem(10, [3, 5])
+    boxes = box_logits.sigmoid()
+    base_loss, base_terms = make_loss().stacked(logits, boxes, labels)
+    extended = _LossWithCentreTerm(NUM_LABELS, HungarianMatcher(1.0, 5.0, 2.0), 0.1, 5.0, 2.0)
+    loss, terms = extended.stacked(logits, boxes, labels)
+    centre = [terms[f"loss_centre{s}"] for s in ("_0", "_1", "_2", "")]
+    assert all(c > 0 for c in centre)
+    torch.testing.assert_close(loss, base_loss + 3.0 * sum(centre))
+    assert all(torch.equal(terms[k], base_terms[k]) for k in base_terms)
+
+
+def test_model_builds_its_criterion_once_and_rebuilds_on_config_change(monkeypatch):
+    from conftest import padded_batch, tiny_config
+    from detr_hf import DetrHfForObjectDetection
+
+    model = DetrHfForObjectDetection(tiny_config()).train()
+    built = []
+    original = DetrHfLoss.from_config
+    monkeypatch.setattr(DetrHfLoss, "from_config", classmethod(lambda cls, c: built.append(c) or original(c)))
+    pixels, mask = padded_batch()
+    labels = [{"class_labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.3]])}] * 2
+    first = model(pixels, mask, labels=labels).loss
+    model(pixels, mask, labels=labels)
+    assert len(built) == 1
+    model.config.eos_coefficient = 0.5
+    changed = model(pixels, mask, labels=labels).loss
+    assert len(built) == 2 and model.criterion.eos_coefficient == 0.5
+    assert not torch.equal(first, changed)
+    assert not any("criterion" in key for key in model.state_dict())
