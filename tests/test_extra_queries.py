@@ -300,3 +300,31 @@ def test_two_process_accelerate_run_with_extra_queries(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     _check_saved_model(tmp_path)
+
+
+def test_labels_are_validated_once_per_step_with_groups_and_denoising(monkeypatch):
+    import detr_hf.targets as targets_module
+
+    model, _ = _models()
+    model.train()
+    calls = []
+    original = targets_module.check_label_structure
+    monkeypatch.setattr(targets_module, "check_label_structure", lambda *a: calls.append(a) or original(*a))
+    out = _run(model, _labels())
+    assert len(calls) == 1 and torch.isfinite(out.loss)
+
+
+def test_layout_is_immutable_and_the_states_split_off_the_inference_queries():
+    import dataclasses
+
+    model, _ = _models()
+    model.train()
+    torch.manual_seed(1)
+    pixels, mask = padded_batch()
+    out = model.model(pixels, mask, labels=_labels())
+    states = out.training_queries
+    assert out.intermediate_hidden_states.shape[2] == QUERIES
+    assert states.hidden_states.shape[2] == (GROUPS - 1) * QUERIES + DN_GROUPS * 3
+    assert states.layout.denoising_size == 3 and int(states.layout.denoising_valid.sum()) == 4  # 3 + 1 targets
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        states.layout.denoising_size = 5
