@@ -11,13 +11,14 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .backbone import DetrHfBackbone
+from .box_head import BoxHead
 from .configuration_detr_hf import DetrHfConfig
 from .criterion import DetrHfLoss
 from .extra_queries import ExtraQueries, ExtraQueryStates
 from .extra_query_loss import extra_query_loss
 from .hub_io import load_pretrained, push_to_hub, save_pretrained
 from .position_encoding import LearnedPositionEncoding, build_position_encoding
-from .targets import PackedTargets, pack_targets
+from .targets import PackedTargets, pack_targets_or_keep
 from .tracing import is_tracing
 from .transformer import DetrHfDecoder, DetrHfEncoder, TransformerLinear
 
@@ -254,22 +255,6 @@ class DetrHfModel(DetrHfPreTrainedModel):
         return mask
 
 
-class BoxHead(nn.Module):
-    """3-layer MLP (d → d → d → 4) with ReLU, then sigmoid: normalised (cx, cy, w, h)."""
-
-    def __init__(self, d_model: int, num_layers: int = 3) -> None:
-        super().__init__()
-        dims = [d_model] * num_layers + [4]
-        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims[:-1], dims[1:]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = torch.relu(x)
-        return x.sigmoid()
-
-
 class DetrHfForObjectDetection(DetrHfPreTrainedModel):
     """DETR for object detection: class logits (num_labels + 1) and boxes for every object query."""
 
@@ -307,7 +292,9 @@ class DetrHfForObjectDetection(DetrHfPreTrainedModel):
         """labels: one dict per image with `class_labels` [N] int64 and `boxes` [N, 4] normalised (cx, cy, w, h)."""
         _reject_unknown_kwargs(kwargs)
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        targets = self._pack_labels(labels, pixel_values)
+        # Labels are validated and packed once for the step (loss and extra queries share them); invalid ones
+        # stay as given, and the criterion raises their error on every process together.
+        targets = pack_targets_or_keep(labels, pixel_values, self.config.num_labels, self.dtype)
         out = self.model(
             pixel_values,
             pixel_mask,
@@ -329,15 +316,15 @@ class DetrHfForObjectDetection(DetrHfPreTrainedModel):
             auxiliary_outputs = [{"logits": lg, "pred_boxes": bx} for lg, bx in zip(aux_logits, aux_boxes)]
 
         loss = loss_dict = extra_outputs = None
-        if labels is not None and out.training_queries is not None:  # extra_query_loss.py
+        criterion = self.criterion.to(logits.device) if labels is not None else None
+        if criterion is not None and out.training_queries is not None:  # extra_query_loss.py
             extra_logits, extra_boxes = self._predict(out.training_queries.hidden_states[-len(all_logits) :])
             extra_outputs = {"logits": extra_logits, "pred_boxes": extra_boxes}
             loss, loss_dict = extra_query_loss(
-                self.criterion.to(logits.device), all_logits, all_boxes, extra_logits, extra_boxes,
-                out.training_queries.layout, targets,
-            )  # fmt: skip
-        elif labels is not None:
-            loss, loss_dict = self.criterion.to(logits.device).stacked(all_logits, all_boxes, targets)
+                criterion, all_logits, all_boxes, extra_logits, extra_boxes, out.training_queries.layout, targets
+            )
+        elif criterion is not None:
+            loss, loss_dict = criterion.stacked(all_logits, all_boxes, targets)
         output = DetrHfObjectDetectionOutput(
             loss=loss,
             loss_dict=loss_dict,
@@ -358,16 +345,3 @@ class DetrHfForObjectDetection(DetrHfPreTrainedModel):
     def _predict(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Shared heads: hidden [..., Q, d] -> logits [..., Q, num_labels + 1] and boxes [..., Q, 4]."""
         return self.class_labels_classifier(hidden), self.bbox_predictor(hidden)
-
-    def _pack_labels(self, labels, pixel_values: torch.Tensor):
-        """Validate and pack the labels once for the step (the loss and the extra queries share them).
-
-        Invalid labels are returned as given: the criterion then raises their error on every process together.
-        """
-        if labels is None or not isinstance(pixel_values, torch.Tensor):
-            return labels  # bad pixel_values: the base model names the problem
-        dtype = torch.promote_types(self.dtype, torch.float32)
-        try:
-            return pack_targets(labels, pixel_values.shape[0], self.config.num_labels, pixel_values.device, dtype)
-        except (TypeError, ValueError):
-            return labels

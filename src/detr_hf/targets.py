@@ -20,6 +20,7 @@ __all__ = [
     "layer_names",
     "layer_suffixes",
     "pack_targets",
+    "pack_targets_or_keep",
     "stack_layer_predictions",
 ]
 
@@ -255,3 +256,21 @@ def stack_layer_predictions(
     all_logits.append(logits)
     all_boxes.append(pred_boxes)
     return torch.stack(all_logits), torch.stack(all_boxes)
+
+
+def pack_targets_or_keep(
+    labels: Sequence[Mapping[str, torch.Tensor]] | None,
+    pixel_values: torch.Tensor,
+    num_labels: int,
+    model_dtype: torch.dtype,
+) -> PackedTargets | Sequence[Mapping[str, torch.Tensor]] | None:
+    """A model's labels packed once for its step (on the pixels' device, boxes in at least float32), or returned
+    as given when they are invalid (or the pixels are not a tensor) so the caller can raise the error where
+    every process raises it together (the criterion does)."""
+    if labels is None or not isinstance(pixel_values, torch.Tensor):
+        return labels
+    dtype = torch.promote_types(model_dtype, torch.float32)
+    try:
+        return pack_targets(labels, pixel_values.shape[0], num_labels, pixel_values.device, dtype)
+    except (TypeError, ValueError):
+        return labels
