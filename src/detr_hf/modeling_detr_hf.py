@@ -95,6 +95,12 @@ class DetrHfPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_flash_attn = False
 
+    def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
+        # transformers' shortcut for remote code marks every module owning no tensor itself (the backbone
+        # wrapper among them) as initialised. Not needed here: `_init_weights` only uses `init.*`, which skip
+        # loaded tensors one by one.
+        super()._initialize_weights(module, is_custom_code=False)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         # Only tensors not already loaded are written: `init.*` skip tensors flagged `_is_hf_initialized`.
