@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import torch
 from torch import nn
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
+from typing_extensions import Unpack  # typing.Unpack needs Python 3.11; torch depends on typing_extensions
 
 from .attention import MultiHeadAttention, TransformerLinear, attention_mask_for
 
@@ -15,6 +18,7 @@ __all__ = [
     "DetrHfEncoder",
     "EncoderLayer",
     "FeedForward",
+    "LayerArguments",
     "MultiHeadAttention",
     "TransformerLinear",
 ]
@@ -34,15 +38,27 @@ class FeedForward(nn.Module):
         return self.fc2(self.dropout(self.activation(self.fc1(x))))
 
 
-class EncoderLayer(GradientCheckpointingLayer):
-    """Self-attention (positions added to q and k) then FFN, each with a residual and a LayerNorm.
+class LayerArguments(TypedDict):
+    """The keyword arguments of every encoder / decoder layer (and, with `num_layers`, of the stacks)."""
 
-    Post-norm (the DETR default): `h = norm(h + drop(f(h)))`; pre-norm: `h = h + drop(f(norm(h)))`.
+    d_model: int
+    num_heads: int
+    ffn_dim: int
+    dropout: float
+    attention_dropout: float
+    activation_dropout: float
+    activation: str
+    pre_norm: bool
+
+
+class _SelfAttentionLayer(GradientCheckpointingLayer):
+    """The parts encoder and decoder layers share: self-attention and FFN sub-layers with their LayerNorms.
 
     Args:
         d_model: width; num_heads: attention heads; ffn_dim: FFN hidden width.
         dropout: on each residual branch; attention_dropout: on attention probabilities;
-        activation_dropout: inside the FFN; activation: an `ACT2FN` name; pre_norm: see above.
+        activation_dropout: inside the FFN; activation: an `ACT2FN` name;
+        pre_norm: `h = h + drop(f(norm(h)))` instead of the DETR default (post-norm) `h = norm(h + drop(f(h)))`.
     """
 
     def __init__(
@@ -66,6 +82,11 @@ class EncoderLayer(GradientCheckpointingLayer):
         self.ffn = FeedForward(d_model=d_model, ffn_dim=ffn_dim, activation=activation, dropout=activation_dropout)
         self.final_layer_norm = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
+
+
+class EncoderLayer(_SelfAttentionLayer):
+    """Self-attention (positions added to q and k) then FFN, each with a residual and a LayerNorm
+    (keyword arguments: `LayerArguments`)."""
 
     def forward(
         self,
@@ -91,35 +112,19 @@ class EncoderLayer(GradientCheckpointingLayer):
         return hidden, weights
 
 
-class DecoderLayer(GradientCheckpointingLayer):
+class DecoderLayer(_SelfAttentionLayer):
     """Query self-attention, cross-attention to the encoder memory, FFN; query positions in q (and k).
 
-    Same arguments and residual wiring as `EncoderLayer`, with a third (cross-attention) sub-layer.
+    Keyword arguments and residual wiring as `EncoderLayer`, with a third (cross-attention) sub-layer.
     """
 
-    def __init__(
-        self,
-        *,
-        d_model: int,
-        num_heads: int,
-        ffn_dim: int,
-        dropout: float,
-        attention_dropout: float,
-        activation_dropout: float,
-        activation: str,
-        pre_norm: bool,
-    ) -> None:
-        super().__init__()
-        self.pre_norm = pre_norm
-        self.self_attn = MultiHeadAttention(
-            d_model=d_model, num_heads=num_heads, dropout=attention_dropout, shared_query_key=True
+    def __init__(self, **layer: Unpack[LayerArguments]) -> None:
+        super().__init__(**layer)
+        d_model = layer["d_model"]
+        self.encoder_attn = MultiHeadAttention(
+            d_model=d_model, num_heads=layer["num_heads"], dropout=layer["attention_dropout"]
         )
-        self.self_attn_layer_norm = nn.LayerNorm(d_model)
-        self.encoder_attn = MultiHeadAttention(d_model=d_model, num_heads=num_heads, dropout=attention_dropout)
         self.encoder_attn_layer_norm = nn.LayerNorm(d_model)
-        self.ffn = FeedForward(d_model=d_model, ffn_dim=ffn_dim, activation=activation, dropout=activation_dropout)
-        self.final_layer_norm = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
 
     def forward(
         self,
@@ -166,32 +171,13 @@ class DecoderLayer(GradientCheckpointingLayer):
 
 
 class DetrHfEncoder(nn.Module):
-    """Stack of `num_layers` encoder layers (keyword arguments as `EncoderLayer`); pre-norm adds a final
+    """Stack of `num_layers` encoder layers (other keyword arguments: `LayerArguments`); pre-norm adds a final
     LayerNorm, as the original."""
 
-    def __init__(
-        self,
-        *,
-        num_layers: int,
-        d_model: int,
-        num_heads: int,
-        ffn_dim: int,
-        dropout: float,
-        attention_dropout: float,
-        activation_dropout: float,
-        activation: str,
-        pre_norm: bool,
-    ) -> None:
+    def __init__(self, *, num_layers: int, **layer: Unpack[LayerArguments]) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(
-            EncoderLayer(
-                d_model=d_model, num_heads=num_heads, ffn_dim=ffn_dim, dropout=dropout,
-                attention_dropout=attention_dropout, activation_dropout=activation_dropout,
-                activation=activation, pre_norm=pre_norm,
-            )
-            for _ in range(num_layers)
-        )  # fmt: skip
-        self.layer_norm = nn.LayerNorm(d_model) if pre_norm else None
+        self.layers = nn.ModuleList(EncoderLayer(**layer) for _ in range(num_layers))
+        self.layer_norm = nn.LayerNorm(layer["d_model"]) if layer["pre_norm"] else None
 
     def forward(
         self,
@@ -227,32 +213,14 @@ class DetrHfEncoder(nn.Module):
 
 
 class DetrHfDecoder(nn.Module):
-    """Stack of `num_layers` decoder layers (keyword arguments as `DecoderLayer`); one shared final LayerNorm
-    is applied to every layer's output for the heads, but the un-normalised state is what feeds the next layer."""
+    """Stack of `num_layers` decoder layers (other keyword arguments: `LayerArguments`); one shared final
+    LayerNorm is applied to every layer's output for the heads, but the un-normalised state is what feeds the
+    next layer."""
 
-    def __init__(
-        self,
-        *,
-        num_layers: int,
-        d_model: int,
-        num_heads: int,
-        ffn_dim: int,
-        dropout: float,
-        attention_dropout: float,
-        activation_dropout: float,
-        activation: str,
-        pre_norm: bool,
-    ) -> None:
+    def __init__(self, *, num_layers: int, **layer: Unpack[LayerArguments]) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(
-            DecoderLayer(
-                d_model=d_model, num_heads=num_heads, ffn_dim=ffn_dim, dropout=dropout,
-                attention_dropout=attention_dropout, activation_dropout=activation_dropout,
-                activation=activation, pre_norm=pre_norm,
-            )
-            for _ in range(num_layers)
-        )  # fmt: skip
-        self.layer_norm = nn.LayerNorm(d_model)
+        self.layers = nn.ModuleList(DecoderLayer(**layer) for _ in range(num_layers))
+        self.layer_norm = nn.LayerNorm(layer["d_model"])
 
     def forward(
         self,
