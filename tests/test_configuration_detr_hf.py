@@ -84,3 +84,25 @@ def _write(tmp_path, config):
     path = tmp_path / "config.json"
     path.write_text(config.to_json_string())
     return path
+
+
+def test_transformers_names_map_as_detr_config_and_are_assignable():
+    config = tiny_config(encoder_layers=3, decoder_layers=2)
+    assert config.is_encoder_decoder is True
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (3, 32, 4)
+    config.num_hidden_layers = 5  # transformers' own code assigns it
+    config.hidden_size = 64
+    config.num_attention_heads = 8
+    assert (config.encoder_layers, config.d_model, config.encoder_attention_heads) == (5, 64, 8)
+    assert config.decoder_layers == 2
+    assert config.get_text_config() is config
+    restored = DetrHfConfig.from_dict(config.to_dict())
+    assert restored.is_encoder_decoder is True and restored.num_hidden_layers == 5
+    assert "num_hidden_layers" not in config.to_dict()  # stored once, as encoder_layers
+
+
+def test_unknown_fields_are_kept_with_a_warning(caplog):
+    with caplog.at_level("WARNING", logger="detr_hf"):
+        config = tiny_config(d_modle=64)
+    assert config.d_modle == 64 and config.d_model == 32
+    assert any("'d_modle'" in r.getMessage() and "'d_model'" in r.getMessage() for r in caplog.records)

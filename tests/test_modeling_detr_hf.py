@@ -76,6 +76,17 @@ def test_pixel_mask_none_bool_and_int_agree():
     torch.testing.assert_close(none, ones_bool)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.uint8, torch.int32])
+def test_padded_pixel_mask_of_any_dtype_equals_bool(dtype):
+    model = _model()
+    pixels, mask = padded_batch(((64, 96), (40, 64)))
+    with torch.no_grad():
+        expected = model(pixels, mask.bool())
+        out = model(pixels, mask.to(dtype))
+    torch.testing.assert_close(out.logits, expected.logits, atol=0, rtol=0)
+    torch.testing.assert_close(out.pred_boxes, expected.pred_boxes, atol=0, rtol=0)
+
+
 def test_auxiliary_flag_never_changes_predictions():
     on = _model(auxiliary_loss=True)
     randomize_norms(on)
@@ -173,9 +184,24 @@ def test_gradient_checkpointing_gives_the_same_gradients():
             "pixel_mask",
         ),
         (
-            {"pixel_values": torch.randn(1, 3, 64, 64), "pixel_mask": torch.ones(1, 64, 64)},
+            {"pixel_values": torch.randn(2, 3, 64, 64), "pixel_mask": torch.tensor([1.0, 0.5])[:, None, None].expand(2, 64, 64)},
+            ValueError,
+            r"only 1 \(pixel\) and 0 \(padding\); image\(s\) \[1\].*0\.5",
+        ),
+        (
+            {"pixel_values": torch.randn(1, 3, 64, 64), "pixel_mask": torch.full((1, 64, 64), 2)},
+            ValueError,
+            r"image\(s\) \[0\] hold other values \(e\.g\. 2\)",
+        ),
+        (
+            {"pixel_values": torch.randn(1, 3, 64, 64), "pixel_mask": torch.full((1, 64, 64), float("nan"))},
+            ValueError,
+            "pixel_mask must hold only",
+        ),
+        (
+            {"pixel_values": torch.randn(1, 3, 64, 64), "pixel_mask": [[1] * 64] * 64},
             TypeError,
-            "int or bool",
+            "pixel_mask must be a torch.Tensor",
         ),
         (
             {

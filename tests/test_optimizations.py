@@ -99,28 +99,34 @@ def test_channels_last_backbone_input_gives_same_features():
 
 def test_fused_qk_projection_equals_separate_projections():
     torch.manual_seed(0)
-    attn = MultiHeadAttention(32, 4, dropout=0.0)
+    attn = MultiHeadAttention(d_model=32, num_heads=4, dropout=0.0, shared_query_key=True)
+    reference = MultiHeadAttention(d_model=32, num_heads=4, dropout=0.0)
+    reference.load_state_dict(attn.state_dict())
     x = torch.randn(2, 7, 32, requires_grad=True)
     value = torch.randn(2, 7, 32)
     mask = torch.rand(2, 1, 1, 7) > 0.3
     mask[..., 0] = True
-    fused, _ = attn(x, x, value, mask)  # same object: fused path
-    separate, _ = attn(x, x.clone(), value, mask)
+    fused, _ = attn(x, None, value, attention_mask=mask)  # one GEMM against [Wq; Wk]
+    separate, _ = reference(x, x, value, attention_mask=mask)
     torch.testing.assert_close(fused, separate, **TOL)
     grads_fused = torch.autograd.grad(fused.sum(), [x, attn.q_proj.weight, attn.k_proj.weight])
-    grads_sep = torch.autograd.grad(separate.sum(), [x, attn.q_proj.weight, attn.k_proj.weight])
+    grads_sep = torch.autograd.grad(separate.sum(), [x, reference.q_proj.weight, reference.k_proj.weight])
     for a, b in zip(grads_fused, grads_sep):
         torch.testing.assert_close(a, b, **TOL)
 
 
 def test_decoder_shared_memory_key_equals_per_layer_sum():
     torch.manual_seed(0)
-    layer = DecoderLayer(tiny_config(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)).eval()
+    layer = DecoderLayer(
+        d_model=32, num_heads=4, ffn_dim=64, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+        activation="relu", pre_norm=False,
+    ).eval()  # fmt: skip
     hidden, query_pos = torch.randn(2, 5, 32), torch.randn(2, 5, 32)
     memory, memory_pos = torch.randn(2, 12, 32), torch.randn(2, 12, 32)
     mask = torch.ones(2, 1, 1, 12, dtype=torch.bool)
-    a = layer(hidden, query_pos, memory, memory_pos, mask)[0]
-    b = layer(hidden, query_pos, memory, memory_pos, mask, memory_key=memory + memory_pos)[0]
+    inputs = dict(query_position=query_pos, memory=memory, memory_mask=mask)
+    a = layer(hidden, memory_position=memory_pos, **inputs)[0]
+    b = layer(hidden, memory_key=memory + memory_pos, **inputs)[0]
     torch.testing.assert_close(a, b, **TOL)
 
 

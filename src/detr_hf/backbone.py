@@ -38,6 +38,7 @@ class DetrHfBackbone(nn.Module):
         frozen_stages: int = 0,
     ) -> None:
         super().__init__()
+        self.timm_name = name
         kwargs = dict(backbone_kwargs or {})
         kwargs.setdefault("out_indices", (-1,))
         kwargs.setdefault("in_chans", num_channels)
@@ -63,10 +64,43 @@ class DetrHfBackbone(nn.Module):
             # Frozen BN is a fixed affine: applied through the conv weights it costs no pass over activations.
             self.num_folded_batch_norms = fold_frozen_batch_norm(self.body)
         self.frozen_parameter_names = self._freeze_stages(frozen_stages)
-        # transformers' weight init skips modules flagged as initialised: timm's init (zero last-BN
-        # gammas, etc.) and pretrained weights must survive `post_init`.
+        self._timm_kwargs = {k: v for k, v in kwargs.items() if k != "pretrained_cfg_overlay"}
         for module in self.body.modules():
-            module._is_hf_initialized = True
+            # transformers' generic init must not touch timm's modules: `initialize_missing` does, with timm's init.
+            module._timm_module = True
+        if not on_meta:
+            # Real values (timm's init or pretrained weights): transformers' `init.*` leaves flagged tensors alone.
+            for tensor in (*self.body.parameters(), *self.body.buffers()):
+                tensor._is_hf_initialized = True
+
+    @torch.no_grad()
+    def initialize_missing(self) -> int:
+        """Give every body tensor not flagged `_is_hf_initialized` (not loaded from a checkpoint, or built on the
+        meta device) the value timm's own init gives it (BN statistics 0 / 1, zero last-BN gammas, ...); return
+        how many were initialised. A fresh timm model of the same architecture is built once as the source."""
+        missing = [
+            (name, tensor)
+            for name, tensor in (*self.body.named_parameters(), *self.body.named_buffers())
+            if not getattr(tensor, "_is_hf_initialized", False)
+        ]
+        if not missing:
+            return 0
+        with torch.device("cpu"):
+            fresh = timm.create_model(self.timm_name, pretrained=False, features_only=True, **self._timm_kwargs)
+        source = dict((*fresh.named_parameters(), *fresh.named_buffers()))
+        unknown = [name for name, _ in missing if name not in source]
+        if unknown:
+            raise RuntimeError(f"backbone tensors {unknown[:5]} have no counterpart in timm's {self.timm_name!r}")
+        for name, tensor in missing:
+            tensor.copy_(source[name])
+            tensor._is_hf_initialized = True
+        total = len(list(self.body.parameters())) + len(list(self.body.buffers()))
+        logger.warning(
+            "detr_hf: %d of %d backbone tensors had no loaded value (e.g. the checkpoint lacks the backbone); "
+            "initialised them with timm's own random init for %r",
+            len(missing), total, self.timm_name,
+        )  # fmt: skip
+        return len(missing)
 
     def apply_freezing(self) -> None:
         """Re-apply `requires_grad=False` to the frozen stages (loading may rebuild parameters as trainable)."""

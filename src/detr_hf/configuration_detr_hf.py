@@ -42,7 +42,12 @@ class DetrHfConfig(PretrainedConfig):
     """
 
     model_type = "detr_hf"
-    attribute_map = {"hidden_size": "d_model", "num_attention_heads": "encoder_attention_heads"}
+    # As transformers' DetrConfig: generic code reads (and may assign) these names.
+    attribute_map = {
+        "hidden_size": "d_model",
+        "num_attention_heads": "encoder_attention_heads",
+        "num_hidden_layers": "encoder_layers",
+    }
 
     def __init__(
         self,
@@ -85,6 +90,7 @@ class DetrHfConfig(PretrainedConfig):
         **kwargs: Any,
     ) -> None:
         _warn_unknown_fields(kwargs)
+        kwargs.setdefault("is_encoder_decoder", True)  # as DetrConfig: outputs carry encoder_* / decoder_* fields
         if "num_labels" not in kwargs and "id2label" not in kwargs:
             kwargs["num_labels"] = 91  # COCO, as the recipe
         trained_backbone = bool(use_pretrained_backbone or backbone_weights_path)
@@ -134,10 +140,6 @@ class DetrHfConfig(PretrainedConfig):
         self.denoising_label_noise_ratio = denoising_label_noise_ratio
         super().__init__(**kwargs)
         self.validate_fields()
-
-    @property
-    def num_hidden_layers(self) -> int:
-        return self.encoder_layers + self.decoder_layers
 
     def validate_fields(self) -> None:
         """Raise `ValueError` naming the first invalid field."""

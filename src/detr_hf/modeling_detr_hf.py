@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .backbone import DetrHfBackbone
 from .box_head import BoxHead
@@ -22,6 +22,8 @@ from .targets import PackedTargets, pack_targets_or_keep
 from .tracing import is_tracing
 from .transformer import DetrHfDecoder, DetrHfEncoder, TransformerLinear
 
+logger = logging.get_logger(__name__)
+
 
 @dataclass
 class DetrHfModelOutput(ModelOutput):
@@ -30,7 +32,11 @@ class DetrHfModelOutput(ModelOutput):
     last_hidden_state: [B, Q, d] final decoder output (after the decoder LayerNorm).
     intermediate_hidden_states: [L, B, Q, d] every decoder layer's normalised output.
     encoder_last_hidden_state: [B, h*w, d] encoder memory.
-    feature_mask: [B, h, w] bool, True where the feature map covers real pixels.
+    encoder_hidden_states: with `output_hidden_states`, encoder_layers + 1 tensors [B, h*w, d] (the input, then
+        every layer's output). decoder_hidden_states: decoder_layers + 1 tensors [B, Q, d] (the zero input, then
+        every layer's output before the shared decoder LayerNorm).
+    encoder_attentions [B, heads, h*w, h*w], decoder_attentions [B, heads, Q, Q], cross_attentions
+        [B, heads, Q, h*w]: with `output_attentions` under attn_implementation="eager", one per layer.
     training_queries: in training with labels and extra queries on (see extra_queries.py), their layout and
         decoder outputs; the fields above then still hold only the inference queries.
     """
@@ -38,7 +44,6 @@ class DetrHfModelOutput(ModelOutput):
     last_hidden_state: torch.Tensor | None = None
     intermediate_hidden_states: torch.Tensor | None = None
     encoder_last_hidden_state: torch.Tensor | None = None
-    feature_mask: torch.Tensor | None = None
     encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
     decoder_hidden_states: tuple[torch.Tensor, ...] | None = None
     encoder_attentions: tuple[torch.Tensor, ...] | None = None
@@ -79,13 +84,30 @@ class DetrHfPreTrainedModel(PreTrainedModel):
     config_class = DetrHfConfig
     base_model_prefix = "model"
     main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    # device_map="auto" keeps each of these on one device.
+    _no_split_modules = ["DetrHfBackbone", "EncoderLayer", "DecoderLayer"]
     supports_gradient_checkpointing = True
+    # Attention through transformers' interface (attention.py): eager, sdpa (default) and flex attention.
+    # Flash attention is refused at load time: its padding path cannot mask the padded keys of a cross-attention.
     _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_flash_attn = False
+
+    def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
+        # transformers' shortcut for remote code marks every module owning no tensor itself (the backbone
+        # wrapper among them) as initialised. Not needed here: `_init_weights` only uses `init.*`, which skip
+        # loaded tensors one by one.
+        super()._initialize_weights(module, is_custom_code=False)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        # The timm backbone is marked initialised (see DetrHfBackbone): it keeps timm's init or its weights.
-        if isinstance(module, TransformerLinear):
+        # Only tensors not already loaded are written: `init.*` skip tensors flagged `_is_hf_initialized`.
+        if getattr(module, "_timm_module", False):
+            return  # inside the timm body: initialised by DetrHfBackbone below, with timm's own init
+        if isinstance(module, DetrHfBackbone):
+            module.initialize_missing()
+        elif isinstance(module, TransformerLinear):
             init.xavier_uniform_(module.weight, gain=self.config.init_xavier_std)
             init.zeros_(module.bias)
         elif isinstance(module, nn.LayerNorm):
@@ -157,8 +179,26 @@ class DetrHfModel(DetrHfPreTrainedModel):
             config.position_temperature,
         )
         self.query_position_embeddings = nn.Embedding(config.num_queries, config.d_model)
-        self.encoder = DetrHfEncoder(config)
-        self.decoder = DetrHfDecoder(config)
+        layers = dict(
+            d_model=config.d_model,
+            dropout=config.dropout,
+            attention_dropout=config.attention_dropout,
+            activation_dropout=config.activation_dropout,
+            activation=config.activation_function,
+            pre_norm=config.pre_norm,
+        )
+        self.encoder = DetrHfEncoder(
+            num_layers=config.encoder_layers,
+            num_heads=config.encoder_attention_heads,
+            ffn_dim=config.encoder_ffn_dim,
+            **layers,
+        )
+        self.decoder = DetrHfDecoder(
+            num_layers=config.decoder_layers,
+            num_heads=config.decoder_attention_heads,
+            ffn_dim=config.decoder_ffn_dim,
+            **layers,
+        )
         # Training-only extra queries (query groups, denoising queries): separate parameters, unused at inference.
         # The attribute keeps its 0.1.0 name: it is the checkpoints' key prefix.
         self.training_queries = ExtraQueries.from_config(config)
@@ -174,13 +214,23 @@ class DetrHfModel(DetrHfPreTrainedModel):
         labels: list[dict[str, torch.Tensor]] | None = None,
         **kwargs,
     ) -> DetrHfModelOutput | tuple:
-        """pixel_values [B, C, H, W] float; pixel_mask [B, H, W] (1 = pixel, 0 = padding; None = all valid).
-        labels: only read in training with extra queries on (denoising queries are built from them); label dicts
-        or already `PackedTargets`."""
+        """pixel_values [B, C, H, W] float; pixel_mask [B, H, W] of any dtype holding 1 = pixel, 0 = padding
+        (None = all valid). labels: only read in training with extra queries on (denoising queries are built
+        from them); label dicts or already `PackedTargets`. `output_attentions` / `output_hidden_states` /
+        `return_dict` default to the config's; attention weights exist only under attn_implementation="eager"
+        (else a warning, and None, as transformers' own models)."""
         _reject_unknown_kwargs(kwargs)
-        output_attentions = bool(output_attentions)
-        output_hidden_states = bool(output_hidden_states)
-        return_dict = self.config.return_dict if return_dict is None else return_dict
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = config.return_dict if return_dict is None else return_dict
+        attn_implementation = config._attn_implementation or "sdpa"
+        if output_attentions and attn_implementation != "eager":
+            logger.warning_once(
+                f"DetrHfModel: attn_implementation={attn_implementation!r} computes no attention weights, so "
+                "output_attentions=True returns none; load the model with attn_implementation='eager' to get them."
+            )
+            output_attentions = False
         pixel_mask = self._check_inputs(pixel_values, pixel_mask)
 
         features, mask = self.backbone(pixel_values, pixel_mask)
@@ -190,9 +240,10 @@ class DetrHfModel(DetrHfPreTrainedModel):
         # [B, d, h, w] -> [B, h*w, d]: one token per feature-map cell (a view for channels-last maps).
         source = source.permute(0, 2, 3, 1).flatten(1, 2)
         pos = pos.permute(0, 2, 3, 1).flatten(1, 2)
-        key_mask = mask.flatten(1)[:, None, None, :]
+        key_mask = mask.flatten(1)[:, None, None, :]  # [B, 1, 1, h*w], True = real pixel
+        attention = dict(attn_implementation=attn_implementation, output_attentions=output_attentions)
         memory, enc_states, enc_attns = self.encoder(
-            source, pos, key_mask, output_attentions, output_hidden_states
+            source, position=pos, key_mask=key_mask, output_hidden_states=output_hidden_states, **attention
         )
         query_pos = self.query_position_embeddings.weight[None].expand(batch, -1, -1)
         target = torch.zeros_like(query_pos)
@@ -200,7 +251,14 @@ class DetrHfModel(DetrHfPreTrainedModel):
         if self.training_queries is not None and self.training and labels is not None:  # extra_queries.py
             target, query_pos, self_attn_mask, layout = self.training_queries(target, query_pos, labels)
         decoded, dec_states, self_attns, cross_attns = self.decoder(
-            target, query_pos, memory, pos, key_mask, self_attn_mask, output_attentions, output_hidden_states
+            target,
+            query_position=query_pos,
+            memory=memory,
+            memory_position=pos,
+            memory_mask=key_mask,
+            self_attn_mask=self_attn_mask,
+            output_hidden_states=output_hidden_states,
+            **attention,
         )
         if layout is not None:  # [L, B, T, d] -> inference queries [L, B, Q, d] + extra queries' states
             decoded, extra = layout.split(decoded)
@@ -208,7 +266,6 @@ class DetrHfModel(DetrHfPreTrainedModel):
             last_hidden_state=decoded[-1],
             intermediate_hidden_states=decoded,
             encoder_last_hidden_state=memory,
-            feature_mask=mask,
             encoder_hidden_states=enc_states or None,
             decoder_hidden_states=dec_states or None,
             encoder_attentions=enc_attns or None,
@@ -240,15 +297,27 @@ class DetrHfModel(DetrHfPreTrainedModel):
         batch, _, height, width = pixel_values.shape
         if pixel_mask is None:
             return torch.ones((batch, height, width), dtype=torch.bool, device=pixel_values.device)
+        if not isinstance(pixel_mask, torch.Tensor):
+            raise TypeError(f"pixel_mask must be a torch.Tensor or None, got {type(pixel_mask).__name__}")
         if pixel_mask.shape != (batch, height, width):
             raise ValueError(
                 f"pixel_mask must have shape {(batch, height, width)} to match pixel_values, got {tuple(pixel_mask.shape)}"
             )
-        if pixel_mask.is_floating_point() or pixel_mask.is_complex():
-            raise TypeError(
-                f"pixel_mask must be an int or bool tensor (1 = pixel, 0 = padding), got {pixel_mask.dtype}"
-            )
-        mask = pixel_mask.to(torch.bool)
+        if pixel_mask.is_complex():
+            raise TypeError(f"pixel_mask must be a real tensor (1 = pixel, 0 = padding), got {pixel_mask.dtype}")
+        if pixel_mask.dtype == torch.bool:
+            mask = pixel_mask
+        else:
+            # int and float masks are accepted as transformers' DETR takes them, but only holding 0 and 1.
+            mask = pixel_mask != 0
+            invalid = mask & (pixel_mask != 1)  # NaN is != 0 and != 1: invalid too
+            if not is_tracing() and invalid.any():
+                images = invalid.flatten(1).any(1).nonzero().flatten().tolist()
+                example = pixel_mask[invalid][0].item()
+                raise ValueError(
+                    f"pixel_mask must hold only 1 (pixel) and 0 (padding); image(s) {images} hold other values "
+                    f"(e.g. {example})"
+                )
         if not is_tracing() and not mask.flatten(1).any(1).all():
             empty = (~mask.flatten(1).any(1)).nonzero().flatten().tolist()
             raise ValueError(f"pixel_mask has no valid pixel in image(s) {empty}")
@@ -278,6 +347,11 @@ class DetrHfForObjectDetection(DetrHfPreTrainedModel):
         if self._criterion_cache is None or self._criterion_cache[0] != values:
             self._criterion_cache = (values, self.build_criterion())
         return self._criterion_cache[1]
+
+    @property
+    def loss_function(self) -> DetrHfLoss:
+        """detr_hf's set-prediction loss (transformers' name lookup would give its own ForObjectDetectionLoss)."""
+        return self.criterion
 
     def forward(
         self,

@@ -1,76 +1,33 @@
-"""DETR's transformer: encoder over image features, decoder over object queries, SDPA attention."""
+"""DETR's transformer: encoder over image features, decoder over object queries (post- or pre-norm layers)."""
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import torch
 from torch import nn
-from torch.nn import functional as F
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
+from typing_extensions import Unpack  # typing.Unpack needs Python 3.11; torch depends on typing_extensions
 
+from .attention import MultiHeadAttention, TransformerLinear, attention_mask_for
 
-class TransformerLinear(nn.Linear):
-    """A projection inside the transformer; DETR initialises these xavier-uniform (see `_init_weights`)."""
-
-
-class MultiHeadAttention(nn.Module):
-    """Multi-head attention on batch-first tensors through `scaled_dot_product_attention`."""
-
-    def __init__(self, d_model: int, num_heads: int, dropout: float) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = d_model // num_heads
-        self.dropout = dropout
-        self.q_proj = TransformerLinear(d_model, d_model)
-        self.k_proj = TransformerLinear(d_model, d_model)
-        self.v_proj = TransformerLinear(d_model, d_model)
-        self.out_proj = TransformerLinear(d_model, d_model)
-
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        # [B, L, d] -> [B, heads, L, d / heads]
-        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
-
-    def forward(
-        self,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        attn_mask: torch.Tensor | None = None,
-        output_attentions: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """query [B, Lq, d], key/value [B, Lk, d]; attn_mask bool broadcastable to [B, heads, Lq, Lk], True = attend.
-
-        Passing the same tensor object as `query` and `key` takes the fused q/k projection.
-        """
-        if key is query:
-            # Self-attention with q = k = x + pos: one GEMM against the stacked [Wq; Wk] instead of two.
-            weight = torch.cat((self.q_proj.weight, self.k_proj.weight))
-            bias = torch.cat((self.q_proj.bias, self.k_proj.bias))
-            q, k = F.linear(query, weight, bias).chunk(2, dim=-1)
-            q, k = self._heads(q), self._heads(k)
-        else:
-            q = self._heads(self.q_proj(query))
-            k = self._heads(self.k_proj(key))
-        v = self._heads(self.v_proj(value))
-        dropout = self.dropout if self.training else 0.0
-        weights = None
-        if output_attentions:
-            scores = (q @ k.transpose(-1, -2)) * self.head_dim**-0.5
-            if attn_mask is not None:
-                scores = scores.masked_fill(~attn_mask, float("-inf"))
-            weights = scores.softmax(-1)
-            out = F.dropout(weights, dropout, self.training) @ v
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
-        # [B, heads, Lq, d / heads] -> [B, Lq, d]
-        out = out.transpose(1, 2).flatten(2)
-        return self.out_proj(out), weights
+__all__ = [
+    "DecoderLayer",
+    "DetrHfDecoder",
+    "DetrHfEncoder",
+    "EncoderLayer",
+    "FeedForward",
+    "LayerArguments",
+    "MultiHeadAttention",
+    "TransformerLinear",
+]
 
 
 class FeedForward(nn.Module):
-    """Two linear layers with the configured activation; dropout between them."""
+    """Two linear layers with the given activation; dropout between them."""
 
-    def __init__(self, d_model: int, ffn_dim: int, activation: str, dropout: float) -> None:
+    def __init__(self, *, d_model: int, ffn_dim: int, activation: str, dropout: float) -> None:
         super().__init__()
         self.fc1 = TransformerLinear(d_model, ffn_dim)
         self.fc2 = TransformerLinear(ffn_dim, d_model)
@@ -81,111 +38,171 @@ class FeedForward(nn.Module):
         return self.fc2(self.dropout(self.activation(self.fc1(x))))
 
 
-class _ResidualLayer(GradientCheckpointingLayer):
-    """Shared parts: self-attention and FFN sub-layers, and the residual wiring, post-norm
-    `norm(h + drop(f(h)))` or pre-norm `h + drop(f(norm(h)))`."""
+class LayerArguments(TypedDict):
+    """The keyword arguments of every encoder / decoder layer (and, with `num_layers`, of the stacks)."""
 
-    def __init__(self, config, num_heads: int, ffn_dim: int) -> None:
+    d_model: int
+    num_heads: int
+    ffn_dim: int
+    dropout: float
+    attention_dropout: float
+    activation_dropout: float
+    activation: str
+    pre_norm: bool
+
+
+class _SelfAttentionLayer(GradientCheckpointingLayer):
+    """The parts encoder and decoder layers share: self-attention and FFN sub-layers with their LayerNorms.
+
+    Args:
+        d_model: width; num_heads: attention heads; ffn_dim: FFN hidden width.
+        dropout: on each residual branch; attention_dropout: on attention probabilities;
+        activation_dropout: inside the FFN; activation: an `ACT2FN` name;
+        pre_norm: `h = h + drop(f(norm(h)))` instead of the DETR default (post-norm) `h = norm(h + drop(f(h)))`.
+    """
+
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        num_heads: int,
+        ffn_dim: int,
+        dropout: float,
+        attention_dropout: float,
+        activation_dropout: float,
+        activation: str,
+        pre_norm: bool,
+    ) -> None:
         super().__init__()
-        d = config.d_model
-        self.pre_norm = config.pre_norm
-        self.self_attn = MultiHeadAttention(d, num_heads, config.attention_dropout)
-        self.self_attn_layer_norm = nn.LayerNorm(d)
-        self.ffn = FeedForward(d, ffn_dim, config.activation_function, config.activation_dropout)
-        self.final_layer_norm = nn.LayerNorm(d)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def _residual(
-        self, hidden: torch.Tensor, norm: nn.LayerNorm, block
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = norm(hidden) if self.pre_norm else hidden
-        out, weights = block(x)
-        hidden = hidden + self.dropout(out)
-        return (hidden if self.pre_norm else norm(hidden)), weights
-
-    def _self_attention(self, x: torch.Tensor, pos: torch.Tensor, attn_mask, output_attentions: bool):
-        # q and k are the same tensor, which lets the attention run one fused q/k projection.
-        query_key = x + pos
-        return self.self_attn(query_key, query_key, x, attn_mask, output_attentions)
-
-
-class EncoderLayer(_ResidualLayer):
-    """Self-attention (positions added to q and k) then FFN, each with residual and LayerNorm."""
-
-    def __init__(self, config) -> None:
-        super().__init__(config, config.encoder_attention_heads, config.encoder_ffn_dim)
-
-    def forward(
-        self, hidden: torch.Tensor, pos: torch.Tensor, key_mask: torch.Tensor, output_attentions: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """hidden, pos [B, S, d]; key_mask [B, 1, 1, S] bool (True = real pixel)."""
-        hidden, weights = self._residual(
-            hidden,
-            self.self_attn_layer_norm,
-            lambda x: self._self_attention(x, pos, key_mask, output_attentions),
+        self.pre_norm = pre_norm
+        self.self_attn = MultiHeadAttention(
+            d_model=d_model, num_heads=num_heads, dropout=attention_dropout, shared_query_key=True
         )
-        hidden, _ = self._residual(hidden, self.final_layer_norm, lambda x: (self.ffn(x), None))
-        return hidden, weights
+        self.self_attn_layer_norm = nn.LayerNorm(d_model)
+        self.ffn = FeedForward(d_model=d_model, ffn_dim=ffn_dim, activation=activation, dropout=activation_dropout)
+        self.final_layer_norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
 
 
-class DecoderLayer(_ResidualLayer):
-    """Query self-attention, cross-attention to the encoder memory, FFN; query positions in q (and k)."""
-
-    def __init__(self, config) -> None:
-        super().__init__(config, config.decoder_attention_heads, config.decoder_ffn_dim)
-        heads = config.decoder_attention_heads
-        self.encoder_attn = MultiHeadAttention(config.d_model, heads, config.attention_dropout)
-        self.encoder_attn_layer_norm = nn.LayerNorm(config.d_model)
+class EncoderLayer(_SelfAttentionLayer):
+    """Self-attention (positions added to q and k) then FFN, each with a residual and a LayerNorm
+    (keyword arguments: `LayerArguments`)."""
 
     def forward(
         self,
         hidden: torch.Tensor,
-        query_pos: torch.Tensor,
-        memory: torch.Tensor,
-        memory_pos: torch.Tensor,
-        memory_mask: torch.Tensor,
-        self_attn_mask: torch.Tensor | None = None,
+        *,
+        position: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        attn_implementation: str = "sdpa",
         output_attentions: bool = False,
-        memory_key: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """hidden, query_pos [B, Q, d]; memory, memory_pos [B, S, d]; memory_mask [B, 1, 1, S]; self_attn_mask [Q, Q].
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hidden, position [B, S, d]; attention_mask over the keys (see `attention_mask_for`) → hidden [B, S, d],
+        attention weights [B, heads, S, S] or None."""
+        attention = dict(attn_implementation=attn_implementation, output_attentions=output_attentions)
+        if self.pre_norm:
+            x = self.self_attn_layer_norm(hidden)
+            out, weights = self.self_attn(x + position, None, x, attention_mask=attention_mask, **attention)
+            hidden = hidden + self.dropout(out)
+            hidden = hidden + self.dropout(self.ffn(self.final_layer_norm(hidden)))
+        else:
+            out, weights = self.self_attn(hidden + position, None, hidden, attention_mask=attention_mask, **attention)
+            hidden = self.self_attn_layer_norm(hidden + self.dropout(out))
+            hidden = self.final_layer_norm(hidden + self.dropout(self.ffn(hidden)))
+        return hidden, weights
 
-        memory_key: `memory + memory_pos` when the caller already has it (it is the same for every layer).
-        """
+
+class DecoderLayer(_SelfAttentionLayer):
+    """Query self-attention, cross-attention to the encoder memory, FFN; query positions in q (and k).
+
+    Keyword arguments and residual wiring as `EncoderLayer`, with a third (cross-attention) sub-layer.
+    """
+
+    def __init__(self, **layer: Unpack[LayerArguments]) -> None:
+        super().__init__(**layer)
+        d_model = layer["d_model"]
+        self.encoder_attn = MultiHeadAttention(
+            d_model=d_model, num_heads=layer["num_heads"], dropout=layer["attention_dropout"]
+        )
+        self.encoder_attn_layer_norm = nn.LayerNorm(d_model)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        *,
+        query_position: torch.Tensor,
+        memory: torch.Tensor,
+        memory_position: torch.Tensor | None = None,
+        memory_key: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None,
+        self_attn_mask: torch.Tensor | None = None,
+        attn_implementation: str = "sdpa",
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """hidden, query_position [B, Q, d]; memory [B, S, d]; memory_key = memory + memory_position (give either;
+        the decoder passes the sum it computed once for all layers); memory_mask over the S keys, self_attn_mask
+        over the Q keys (see `attention_mask_for`) → hidden [B, Q, d], self- and cross-attention weights or None."""
         if memory_key is None:
-            memory_key = memory + memory_pos
-        hidden, self_weights = self._residual(
-            hidden,
-            self.self_attn_layer_norm,
-            lambda x: self._self_attention(x, query_pos, self_attn_mask, output_attentions),
-        )
-        hidden, cross_weights = self._residual(
-            hidden,
-            self.encoder_attn_layer_norm,
-            lambda x: self.encoder_attn(x + query_pos, memory_key, memory, memory_mask, output_attentions),
-        )
-        hidden, _ = self._residual(hidden, self.final_layer_norm, lambda x: (self.ffn(x), None))
+            if memory_position is None:
+                raise ValueError("DecoderLayer needs memory_key or memory_position")
+            memory_key = memory + memory_position
+        attention = dict(attn_implementation=attn_implementation, output_attentions=output_attentions)
+        if self.pre_norm:
+            x = self.self_attn_layer_norm(hidden)
+            out, self_weights = self.self_attn(x + query_position, None, x, attention_mask=self_attn_mask, **attention)
+            hidden = hidden + self.dropout(out)
+            x = self.encoder_attn_layer_norm(hidden)
+            out, cross_weights = self.encoder_attn(
+                x + query_position, memory_key, memory, attention_mask=memory_mask, **attention
+            )
+            hidden = hidden + self.dropout(out)
+            hidden = hidden + self.dropout(self.ffn(self.final_layer_norm(hidden)))
+        else:
+            out, self_weights = self.self_attn(
+                hidden + query_position, None, hidden, attention_mask=self_attn_mask, **attention
+            )
+            hidden = self.self_attn_layer_norm(hidden + self.dropout(out))
+            out, cross_weights = self.encoder_attn(
+                hidden + query_position, memory_key, memory, attention_mask=memory_mask, **attention
+            )
+            hidden = self.encoder_attn_layer_norm(hidden + self.dropout(out))
+            hidden = self.final_layer_norm(hidden + self.dropout(self.ffn(hidden)))
         return hidden, self_weights, cross_weights
 
 
 class DetrHfEncoder(nn.Module):
-    """Stack of encoder layers; pre-norm adds a final LayerNorm, as the original."""
+    """Stack of `num_layers` encoder layers (other keyword arguments: `LayerArguments`); pre-norm adds a final
+    LayerNorm, as the original."""
 
-    def __init__(self, config) -> None:
+    def __init__(self, *, num_layers: int, **layer: Unpack[LayerArguments]) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.encoder_layers))
-        self.layer_norm = nn.LayerNorm(config.d_model) if config.pre_norm else None
+        self.layers = nn.ModuleList(EncoderLayer(**layer) for _ in range(num_layers))
+        self.layer_norm = nn.LayerNorm(layer["d_model"]) if layer["pre_norm"] else None
 
     def forward(
-        self, hidden: torch.Tensor, pos: torch.Tensor, key_mask: torch.Tensor, output_attentions: bool = False,
+        self,
+        hidden: torch.Tensor,
+        *,
+        position: torch.Tensor,
+        key_mask: torch.Tensor,
+        attn_implementation: str = "sdpa",
+        output_attentions: bool = False,
         output_hidden_states: bool = False,
-    ) -> tuple[torch.Tensor, tuple, tuple]:  # fmt: skip
-        """hidden, pos [B, S, d] → memory [B, S, d], per-layer hidden states, per-layer attentions."""
+    ) -> tuple[torch.Tensor, tuple, tuple]:
+        """hidden, position [B, S, d]; key_mask [B, 1, 1, S] bool (True = real pixel) → memory [B, S, d],
+        hidden states (input + every layer's output), attention weights per layer [B, heads, S, S]."""
+        mask = attention_mask_for(key_mask, attn_implementation, hidden.shape[1], hidden.dtype)
         states, attentions = (), ()
         for layer in self.layers:
             if output_hidden_states:
                 states += (hidden,)
-            hidden, weights = layer(hidden, pos, key_mask, output_attentions)
+            hidden, weights = layer(
+                hidden,
+                position=position,
+                attention_mask=mask,
+                attn_implementation=attn_implementation,
+                output_attentions=output_attentions,
+            )
             if output_attentions:
                 attentions += (weights,)
         if self.layer_norm is not None:
@@ -196,46 +213,54 @@ class DetrHfEncoder(nn.Module):
 
 
 class DetrHfDecoder(nn.Module):
-    """Stack of decoder layers; one shared final LayerNorm is applied to every layer's output for the
-    heads, but the un-normalised state is what feeds the next layer."""
+    """Stack of `num_layers` decoder layers (other keyword arguments: `LayerArguments`); one shared final
+    LayerNorm is applied to every layer's output for the heads, but the un-normalised state is what feeds the
+    next layer."""
 
-    def __init__(self, config) -> None:
+    def __init__(self, *, num_layers: int, **layer: Unpack[LayerArguments]) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.decoder_layers))
-        self.layer_norm = nn.LayerNorm(config.d_model)
+        self.layers = nn.ModuleList(DecoderLayer(**layer) for _ in range(num_layers))
+        self.layer_norm = nn.LayerNorm(layer["d_model"])
 
     def forward(
         self,
         target: torch.Tensor,
-        query_pos: torch.Tensor,
+        *,
+        query_position: torch.Tensor,
         memory: torch.Tensor,
-        memory_pos: torch.Tensor,
+        memory_position: torch.Tensor,
         memory_mask: torch.Tensor,
         self_attn_mask: torch.Tensor | None = None,
+        attn_implementation: str = "sdpa",
         output_attentions: bool = False,
         output_hidden_states: bool = False,
     ) -> tuple[torch.Tensor, tuple, tuple, tuple]:
-        """target, query_pos [B, Q, d] → normalised outputs of every layer [L, B, Q, d], hidden states, attentions."""
+        """target, query_position [B, Q, d]; memory, memory_position [B, S, d]; memory_mask [B, 1, 1, S] bool;
+        self_attn_mask bool broadcastable to [B, 1, Q, Q] or None → normalised outputs of every layer [L, B, Q, d],
+        hidden states (input + every layer's un-normalised output), self- and cross-attention weights per layer."""
+        num_queries, dtype = target.shape[1], target.dtype
+        cross_mask = attention_mask_for(memory_mask, attn_implementation, num_queries, dtype)
+        self_mask = attention_mask_for(self_attn_mask, attn_implementation, num_queries, dtype)
         hidden = target
-        memory_key = memory + memory_pos  # the cross-attention keys' input, shared by every layer
+        memory_key = memory + memory_position  # the cross-attention keys' input, shared by every layer
         outputs, states, self_attns, cross_attns = [], (), (), ()
         for layer in self.layers:
             if output_hidden_states:
                 states += (hidden,)
-            hidden, self_w, cross_w = layer(
+            hidden, self_weights, cross_weights = layer(
                 hidden,
-                query_pos,
-                memory,
-                memory_pos,
-                memory_mask,
-                self_attn_mask,
-                output_attentions,
-                memory_key,
+                query_position=query_position,
+                memory=memory,
+                memory_key=memory_key,
+                memory_mask=cross_mask,
+                self_attn_mask=self_mask,
+                attn_implementation=attn_implementation,
+                output_attentions=output_attentions,
             )
             outputs.append(self.layer_norm(hidden))
             if output_attentions:
-                self_attns += (self_w,)
-                cross_attns += (cross_w,)
+                self_attns += (self_weights,)
+                cross_attns += (cross_weights,)
         if output_hidden_states:
             states += (hidden,)
         return torch.stack(outputs), states, self_attns, cross_attns
