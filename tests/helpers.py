@@ -18,9 +18,7 @@ def textured_image(height: int, width: int, seed: int = 0, channels: int = 3) ->
     """uint8 [height, width, channels]: smooth gradients plus noise (a structure a resize kernel can see)."""
     rng = np.random.default_rng(seed)
     ys, xs = np.mgrid[0:height, 0:width]
-    planes = [
-        (127 + 100 * np.sin(xs / (7 + 5 * c) + c) * np.cos(ys / (11 + 3 * c))) for c in range(channels)
-    ]
+    planes = [(127 + 100 * np.sin(xs / (7 + 5 * c) + c) * np.cos(ys / (11 + 3 * c))) for c in range(channels)]
     image = np.stack(planes, axis=-1) + rng.normal(0, 12, (height, width, channels))
     return np.clip(image, 0, 255).astype(np.uint8)
 
@@ -28,7 +26,7 @@ def textured_image(height: int, width: int, seed: int = 0, channels: int = 3) ->
 def realistic_detection_batch(
     num_images: int = 4, seed: int = 0, min_side: int = 300, max_side: int = 1333
 ) -> tuple[list[PIL.Image.Image], list[dict]]:
-    """Mixed-size RGB images (sides in [min_side, max_side]) with COCO annotations: 5-40 objects each, ids from
+    """Mixed-size RGB images (sides in [min_side, max_side]) with COCO annotations: 10-40 objects each, ids from
     CATEGORY_IDS, large crowd regions, boxes reaching past the border, segment areas below box areas; the last
     image has no objects."""
     rng = np.random.default_rng(seed)
@@ -37,7 +35,7 @@ def realistic_detection_batch(
         height, width = (int(v) for v in rng.integers(min_side, max_side + 1, 2))
         images.append(PIL.Image.fromarray(textured_image(height, width, seed + index)))
         objects = []
-        count = 0 if index == num_images - 1 else int(rng.integers(5, 41))
+        count = 0 if index == num_images - 1 else int(rng.integers(10, 41))
         for j in range(count):
             crowd = j % 9 == 4
             w = rng.uniform(0.4, 0.9) * width if crowd else rng.uniform(4, width / 3)
@@ -79,6 +77,9 @@ def save_png16(path: Path, pixels: np.ndarray) -> Path:
 
     header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
     path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
     )
     return path

@@ -7,7 +7,6 @@ import PIL.Image
 import PIL.ImageOps
 import pytest
 import torch
-from helpers import EXIF_ORIENTATION, save_exif_jpeg, save_png16, textured_image
 from transformers import DetrImageProcessor
 from transformers.image_utils import load_image
 
@@ -21,6 +20,7 @@ from detr_hf.image_inputs import (
     upright,
 )
 from detr_hf.image_processing_detr_hf import DetrHfImageProcessor
+from helpers import EXIF_ORIENTATION, save_exif_jpeg, save_png16, textured_image
 
 # How a viewer turns the stored pixels upright for each EXIF orientation (numpy on HWC arrays).
 UPRIGHT_FROM_STORED = {
@@ -109,7 +109,11 @@ def test_composite_on_white_in_every_dtype():
     expected = (color.float() * 128 / 255 + 255 * (1 - 128 / 255)).round()
     assert torch.equal(half.float(), expected)
     wide = composite_on_white(torch.cat([color, alpha]).to(torch.int32).mul(257).to(torch.uint16))
-    assert wide.dtype == torch.uint16 and wide.int().tolist() == [[[51400, 65535]], [[25700, 65535]], [[0, 65535]]]
+    assert wide.dtype == torch.uint16 and wide.int().tolist() == [
+        [[51400, 65535]],
+        [[25700, 65535]],
+        [[0, 65535]],
+    ]
     grey = composite_on_white(torch.tensor([[[0.2]], [[0.5]]]))  # grey + alpha, float
     torch.testing.assert_close(grey, torch.tensor([[[0.6]]]))
     with pytest.raises(ValueError, match=r"expects \[C \+ 1, H, W\]"):
