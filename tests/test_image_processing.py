@@ -248,6 +248,9 @@ def test_original_detr_hub_config_with_legacy_keys(tmp_path, caplog):
     assert "unknown option" not in caplog.text and ours.size == {"shortest_edge": 800, "longest_edge": 1333}
     assert DetrHfImageProcessor(size=500, max_size=600).size == {"shortest_edge": 500, "longest_edge": 600}
     assert DetrHfImageProcessor(pad_and_return_pixel_mask=False).do_pad is False
+    # Explicit nulls: box conversion follows do_normalize (transformers' rule); RGB conversion stays on (our default).
+    nulls = DetrHfImageProcessor(do_convert_rgb=None, do_convert_annotations=None, do_normalize=False)
+    assert nulls.do_convert_rgb is True and nulls.do_convert_annotations is False
 
 
 # ---------------------------------------------------------------- channels

@@ -92,12 +92,12 @@ class DetrHfImageProcessor(BaseImageProcessor):
         do_pad: bool = True,
         pad_size: Mapping[str, int] | None = None,
         pad_to_multiple_of: int | None = None,
-        do_convert_annotations: bool = True,
+        do_convert_annotations: bool | None = True,
         keep_crowd_annotations: bool = False,
         category_id_to_label: Mapping[int, int] | None = None,
         label2id: Mapping[str, int] | None = None,
         format: str = "coco_detection",
-        do_convert_rgb: bool = True,
+        do_convert_rgb: bool | None = True,
         **kwargs: Any,
     ) -> None:
         for key in _SERVICE_KEYS:
@@ -132,12 +132,15 @@ class DetrHfImageProcessor(BaseImageProcessor):
         self.do_pad = bool(do_pad)
         self.pad_size = check_pad_size(pad_size)
         self.pad_to_multiple_of = check_multiple(pad_to_multiple_of)
-        self.do_convert_annotations = bool(do_convert_annotations)
+        # An explicit None: boxes follow do_normalize, as transformers reads it; RGB conversion stays on.
+        self.do_convert_annotations = bool(
+            do_normalize if do_convert_annotations is None else do_convert_annotations
+        )
         self.keep_crowd_annotations = bool(keep_crowd_annotations)
         self.category_id_to_label = normalize_category_mapping(category_id_to_label, "category_id_to_label")
         self.label2id = None if label2id is None else {str(k): int(v) for k, v in dict(label2id).items()}
         self.format = check_format(format)
-        self.do_convert_rgb = bool(do_convert_rgb)
+        self.do_convert_rgb = True if do_convert_rgb is None else bool(do_convert_rgb)
 
     @classmethod
     def from_dict(cls, image_processor_dict: dict[str, Any], **kwargs: Any) -> Any:
