@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -15,6 +16,7 @@ from transformers.image_transforms import get_size_with_aspect_ratio
 
 from detr_hf.configuration_detr_hf import DetrHfConfig
 from detr_hf.image_processing_detr_hf import DetrHfImageProcessor, resized_size
+from helpers import realistic_detection_batch, textured_image
 
 SMALL = {"shortest_edge": 64, "longest_edge": 96}
 
@@ -126,6 +128,177 @@ def test_boxes_do_not_depend_on_the_rest_of_the_batch():
     torch.testing.assert_close(ref_alone, alone, atol=1e-6, rtol=0)
     # transformers normalises by the padded canvas: the same full-image box shrinks when batched.
     assert not torch.allclose(ref_batched["labels"][0]["boxes"], ref_alone, atol=1e-3)
+
+
+# ---------------------------------------------------------------- configs saved by transformers
+REALISTIC = realistic_detection_batch(num_images=4, seed=3)
+
+
+def assert_labels_match_transformers(
+    ours: list[dict], ref: list[dict], canvas: tuple[int, int], normalized: bool
+):
+    """Equal labels up to the two documented conventions: detr_hf normalises boxes by each image's own resized
+    size and reports that size; transformers normalises by the padded canvas and reports the canvas."""
+    height, width = canvas
+    for mine, theirs in zip(ours, ref, strict=True):
+        for key in ("class_labels", "iscrowd", "orig_size", "image_id"):
+            assert torch.equal(mine[key], torch.as_tensor(theirs[key])), key
+        torch.testing.assert_close(mine["area"], torch.as_tensor(theirs["area"]), rtol=1e-5, atol=1e-2)
+        assert torch.as_tensor(theirs["size"]).tolist() == [height, width]
+        h, w = mine["size"].tolist()
+        boxes = mine["boxes"]
+        if normalized:  # own size → canvas
+            boxes = boxes * torch.tensor([w / width, h / height, w / width, h / height])
+        torch.testing.assert_close(boxes, torch.as_tensor(theirs["boxes"]), atol=2e-5, rtol=0)
+
+
+SMALLER = {"shortest_edge": 400, "longest_edge": 666}
+TRANSFORMERS_OPTIONS = {
+    "defaults": {},
+    "bicubic+pad_size+absolute_boxes": {
+        "size": SMALLER, "resample": 3, "pad_size": {"height": 700, "width": 700},
+        "do_convert_annotations": False, "do_convert_rgb": True,
+    },
+    "nearest": {"size": SMALLER, "resample": 0},
+    "lanczos": {"size": SMALLER, "resample": 1},
+}  # fmt: skip
+
+
+# Both transformers variants save the same JSON; PIL's nearest kernel picks other source pixels than
+# torchvision's (2% of pixels), so "nearest" is compared with the torchvision variant only.
+VARIANT_CASES = [(DetrImageProcessor, name) for name in TRANSFORMERS_OPTIONS] + [
+    (DetrImageProcessorPil, name) for name in TRANSFORMERS_OPTIONS if name != "nearest"
+]
+
+
+@pytest.mark.parametrize(
+    ("variant", "options"), VARIANT_CASES, ids=[f"{v.__name__}-{o}" for v, o in VARIANT_CASES]
+)
+def test_config_saved_by_transformers_loads_and_gives_the_same_batch(tmp_path, caplog, variant, options):
+    variant(**TRANSFORMERS_OPTIONS[options]).save_pretrained(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="detr_hf"):
+        ours = DetrHfImageProcessor.from_pretrained(tmp_path)
+    assert "unknown option" not in caplog.text  # every key transformers writes is understood
+    ref = variant.from_pretrained(tmp_path)
+    assert ours.format == "coco_detection" and ours.resample == int(ref.resample)
+    assert ours.do_convert_annotations == ref.do_convert_annotations and ours.do_convert_rgb is True
+    assert ours.pad_size == (
+        {"height": 700, "width": 700} if "pad_size" in TRANSFORMERS_OPTIONS[options] else None
+    )
+
+    images, annotations = REALISTIC
+    mine = ours(images, annotations=annotations, return_tensors="pt")
+    theirs = ref(images, annotations=annotations, return_tensors="pt")
+    assert mine["pixel_values"].shape == theirs["pixel_values"].shape
+    assert torch.equal(mine["pixel_mask"].long(), torch.as_tensor(theirs["pixel_mask"]).long())
+    diff = (mine["pixel_values"] - torch.as_tensor(theirs["pixel_values"])).abs()
+    if variant is DetrImageProcessor:  # the same torchvision kernel: float rounding of the normalisation only
+        assert float(diff.max()) < 1e-5
+    else:  # PIL rounds its kernels differently: at most two 8-bit levels, on ~2% of values (textured images)
+        assert float(diff.max()) <= 2 / (255 * 0.224) + 1e-5 and float((diff > 1e-4).float().mean()) < 0.05
+    assert_labels_match_transformers(
+        mine["labels"], theirs["labels"], tuple(mine["pixel_values"].shape[-2:]), ref.do_convert_annotations
+    )
+    assert sum(len(t["boxes"]) for t in mine["labels"]) > 40 and len(mine["labels"][-1]["boxes"]) == 0
+
+
+def test_each_image_alone_has_exactly_transformers_labels():
+    """Without padding the two box conventions coincide: then boxes and size equal transformers' as they are."""
+    images, annotations = REALISTIC
+    ours, ref = DetrHfImageProcessor(size=SMALLER), DetrImageProcessor(size=SMALLER)
+    for image, annotation in zip(images, annotations):
+        mine = ours(image, annotations=annotation)["labels"][0]
+        theirs = ref(image, annotations=annotation, return_tensors="pt")["labels"][0]
+        assert torch.equal(mine["size"], theirs["size"]) and torch.equal(
+            mine["class_labels"], theirs["class_labels"]
+        )
+        torch.testing.assert_close(mine["boxes"], theirs["boxes"], atol=2e-6, rtol=0)
+
+
+def test_coco_panoptic_config_loads_but_its_annotations_are_a_clear_error(tmp_path):
+    DetrImageProcessor(format="coco_panoptic", size=SMALLER).save_pretrained(tmp_path)
+    ours = DetrHfImageProcessor.from_pretrained(tmp_path)
+    assert ours.format == "coco_panoptic"
+    images, annotations = REALISTIC
+    # Inference needs no annotations: a panoptic checkpoint's processor still prepares images.
+    expected = DetrImageProcessor.from_pretrained(tmp_path)(images[:2], return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(ours(images[:2])["pixel_values"], expected, atol=1e-5, rtol=0)
+    with pytest.raises(
+        ValueError, match=r"format='coco_panoptic' \(COCO panoptic annotations.*not supported yet"
+    ):
+        ours(images[:1], annotations=annotations[:1])
+    with pytest.raises(ValueError, match="not supported yet"):
+        DetrHfImageProcessor()(images[:1], annotations=annotations[:1], format="coco_panoptic")
+    with pytest.raises(
+        ValueError, match=r"format must be one of \['coco_detection', 'coco_panoptic'\], got 'voc'"
+    ):
+        DetrHfImageProcessor(format="voc")
+
+
+def test_original_detr_hub_config_with_legacy_keys(tmp_path, caplog):
+    """facebook/detr-resnet-50's first preprocessor_config.json: an int size, `max_size`, a feature extractor."""
+    legacy = {
+        "do_normalize": True, "do_resize": True, "feature_extractor_type": "DetrFeatureExtractor",
+        "format": "coco_detection", "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+        "max_size": 1333, "size": 800,
+    }  # fmt: skip
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(legacy))
+    with caplog.at_level(logging.WARNING, logger="detr_hf"):
+        ours = DetrHfImageProcessor.from_pretrained(tmp_path)
+    assert "unknown option" not in caplog.text and ours.size == {"shortest_edge": 800, "longest_edge": 1333}
+    assert DetrHfImageProcessor(size=500, max_size=600).size == {"shortest_edge": 500, "longest_edge": 600}
+    assert DetrHfImageProcessor(pad_and_return_pixel_mask=False).do_pad is False
+    # Explicit nulls: box conversion follows do_normalize (transformers' rule); RGB conversion stays on (our default).
+    nulls = DetrHfImageProcessor(do_convert_rgb=None, do_convert_annotations=None, do_normalize=False)
+    assert nulls.do_convert_rgb is True and nulls.do_convert_annotations is False
+
+
+# ---------------------------------------------------------------- channels
+def test_do_convert_rgb_composites_like_transformers():
+    rgba = textured_image(420, 610, seed=5, channels=4)
+    rgba[..., 3] = np.linspace(0, 255, 610).astype(np.uint8)
+    images = [PIL.Image.fromarray(rgba, "RGBA"), PIL.Image.fromarray(rgba[..., 0], "L")]
+    mine = DetrHfImageProcessor(size=SMALLER)(images)["pixel_values"]
+    theirs = DetrImageProcessor(size=SMALLER, do_convert_rgb=True)(images, return_tensors="pt")[
+        "pixel_values"
+    ]
+    # PIL's integer alpha_composite vs our float blend: at most one 8-bit level apart.
+    assert float((mine - theirs).abs().max()) <= 1 / (255 * 0.224) + 1e-5
+
+
+def test_do_convert_rgb_false_keeps_the_channels_for_their_own_model():
+    from detr_hf.modeling_detr_hf import DetrHfForObjectDetection
+
+    rgba = textured_image(330, 500, seed=6, channels=4)
+    rgba[..., 3] = np.linspace(0, 255, 500).astype(np.uint8)
+    mean, std = [0.485, 0.456, 0.406, 0.5], [0.229, 0.224, 0.225, 0.25]
+    four = DetrHfImageProcessor(size=SMALLER, do_convert_rgb=False, image_mean=mean, image_std=std)
+    batch = four([PIL.Image.fromarray(rgba, "RGBA"), rgba[:300, :400]], return_tensors="pt")
+    assert batch["pixel_values"].shape == (2, 4, 400, 606)
+    reference = DetrImageProcessor(size=SMALLER, do_convert_rgb=False, image_mean=mean, image_std=std)
+    expected = reference(PIL.Image.fromarray(rgba, "RGBA"), return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(batch["pixel_values"][:1], expected, atol=1e-5, rtol=0)  # alpha is channel 3
+
+    grey = DetrHfImageProcessor(size=SMALLER, do_convert_rgb=False, image_mean=0.5, image_std=0.25)
+    one = grey(PIL.Image.fromarray(rgba[..., 0], "L"), return_tensors="pt")["pixel_values"]
+    assert one.shape == (1, 1, 400, 606)
+
+    torch.manual_seed(0)
+    config = DetrHfConfig(
+        backbone="test_resnet", num_channels=4, d_model=32, encoder_layers=1, decoder_layers=1,
+        encoder_ffn_dim=32, decoder_ffn_dim=32, encoder_attention_heads=2, decoder_attention_heads=2,
+        num_queries=5, num_labels=3,
+    )  # fmt: skip
+    with torch.no_grad():
+        outputs = DetrHfForObjectDetection(config).eval()(**batch)
+    assert outputs.logits.shape == (2, 5, 4) and bool(torch.isfinite(outputs.pred_boxes).all())
+
+    with pytest.raises(ValueError, match="image_mean has 4 values but the images have 3 channels"):
+        DetrHfImageProcessor(image_mean=mean, image_std=std)(rgba)
+    with pytest.raises(ValueError, match="do_convert_rgb=False: image 1 has 3 channels but image 0 has 4"):
+        four([rgba, rgba[..., :3]])
+    with pytest.raises(ValueError, match="image_mean has 4 values but the images have 1 channels"):
+        four(rgba[..., 0])
 
 
 # ---------------------------------------------------------------- round trips
@@ -365,8 +538,33 @@ def test_save_and_load_round_trip(tmp_path):
 
     auto = AutoImageProcessor.from_pretrained(tmp_path)
     assert type(auto) is DetrHfImageProcessor and auto.to_dict() == proc.to_dict()
-    with pytest.raises(TypeError, match="unknown options"):
-        DetrHfImageProcessor(do_resise=False)
+
+
+def test_unknown_options_are_kept_with_a_warning_everywhere(tmp_path, caplog):
+    """One policy, DetrHfConfig's: unknown keys are kept (and saved) with a warning naming the closest option."""
+    with caplog.at_level(logging.WARNING, logger="detr_hf"):
+        proc = DetrHfImageProcessor(do_resise=False, future_option={"a": 1})
+    assert (
+        "unknown option 'do_resise' is kept but not used by detr_hf; did you mean 'do_resize'?" in caplog.text
+    )
+    assert "'future_option'" in caplog.text
+    assert proc.do_resise is False and proc.do_resize is True and proc.future_option == {"a": 1}
+    proc.save_pretrained(tmp_path)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="detr_hf"):
+        loaded = DetrHfImageProcessor.from_pretrained(tmp_path, other_override=3, do_pad=False)
+    assert loaded.future_option == {"a": 1} and loaded.other_override == 3 and loaded.do_pad is False
+    assert "'future_option' is kept" in caplog.text and "'other_override' is kept" in caplog.text
+    again, unused = DetrHfImageProcessor.from_dict(
+        proc.to_dict(), other=1, do_pad=False, return_unused_kwargs=True
+    )
+    assert unused == {"other": 1} and again.other == 1 and again.do_pad is False
+    caplog.clear()
+    image = random_image(40, 50)
+    with caplog.at_level(logging.WARNING, logger="detr_hf"):
+        batch = proc(image, do_normalise=False)
+    assert "preprocess: unknown option 'do_normalise' is ignored; did you mean 'do_normalize'?" in caplog.text
+    torch.testing.assert_close(batch["pixel_values"], proc(image)["pixel_values"])
 
 
 # ---------------------------------------------------------------- post-processing

@@ -1,4 +1,4 @@
-"""Image inputs of the processor: any supported image → a [1 or 3, H, W] tensor, plus list/annotation checks."""
+"""Image inputs of the processor: any supported image → a [C, H, W] tensor (upright, alpha handled), plus list checks."""
 
 from __future__ import annotations
 
@@ -57,14 +57,16 @@ def open_image(path: str | os.PathLike) -> PIL.Image.Image:
 _PIL_TO_RGB = ("CMYK", "YCbCr", "LAB", "HSV", "RGBX")
 
 
-def _pil_to_array(image: PIL.Image.Image) -> np.ndarray:
+def _pil_to_array(image: PIL.Image.Image, convert_rgb: bool) -> np.ndarray:
+    """PIL image → HWC (or HW) array. Bilevel and palette images are always expanded (their stored values are
+    not intensities); other colour spaces become RGB only with `convert_rgb`, else they keep their channels."""
     mode = image.mode
     if mode == "1":
         image = image.convert("L")
     elif mode in ("P", "PA"):
         has_alpha = mode == "PA" or "transparency" in image.info
         image = image.convert("RGBA" if has_alpha else "RGB")
-    elif mode in _PIL_TO_RGB:
+    elif mode in _PIL_TO_RGB and convert_rgb:
         image = image.convert("RGB")
     elif mode in ("La", "RGBa"):
         image = image.convert(mode.upper())
@@ -75,14 +77,20 @@ def _pil_to_array(image: PIL.Image.Image) -> np.ndarray:
     return array
 
 
-def prepare_image(image: Any, index: int, input_data_format: str | None) -> tuple[torch.Tensor, str]:
-    """Any supported image → ([1 or 3, H, W] tensor, kind); kind: "uint8" (uint8 tensor), "uint16" or "float"
-    (float32 tensor holding the original values). HWC inputs stay as channels-last views: no copy here."""
+def prepare_image(
+    image: Any, index: int, input_data_format: str | None, *, convert_rgb: bool = True
+) -> tuple[torch.Tensor, str]:
+    """Any supported image → ([C, H, W] tensor, kind); kind: "uint8" (uint8 tensor), "uint16" or "float"
+    (float32 tensor holding the original values). HWC inputs stay as channels-last views: no copy here.
+
+    With `convert_rgb` (the default) C is 1 or 3: an alpha channel is composited onto white (grey + alpha →
+    grey, RGB + alpha → RGB) and other colour spaces become RGB. Without it the image keeps its 1-4 channels,
+    alpha included, so that a model trained on such images gets them as they are."""
     channels_last = None
     if isinstance(image, str | os.PathLike):
         image = open_image(image)
     if isinstance(image, PIL.Image.Image):
-        image = _pil_to_array(upright(image))
+        image = _pil_to_array(upright(image), convert_rgb)
         channels_last = True
     if isinstance(image, np.ndarray):
         if image.dtype.byteorder == ">" or not image.flags.writeable:
@@ -107,10 +115,9 @@ def prepare_image(image: Any, index: int, input_data_format: str | None) -> tupl
         kind = "uint16"
     elif tensor.is_floating_point():
         kind = "float"
+        tensor = tensor.to(torch.float32)
     else:
         raise TypeError(f"image {index}: unsupported dtype {tensor.dtype} (use uint8, uint16 or float)")
-    if kind != "uint8":
-        tensor = tensor.to(torch.float32)
 
     if tensor.ndim == 2:
         tensor = tensor.unsqueeze(0)
@@ -126,13 +133,55 @@ def prepare_image(image: Any, index: int, input_data_format: str | None) -> tupl
     if tensor.shape[-1] == 0 or tensor.shape[-2] == 0:
         raise ValueError(f"image {index} is empty: shape {tuple(tensor.shape)}")
     channels = tensor.shape[0]
-    if channels in (2, 4):
-        tensor = _composite_on_white(tensor, kind)
-    elif channels not in (1, 3):
+    if channels not in (1, 2, 3, 4):
         raise ValueError(
             f"image {index}: expected 1, 2, 3 or 4 channels, got {channels} (shape {tuple(tensor.shape)})"
         )
+    if convert_rgb and channels in (2, 4):
+        tensor = composite_on_white(tensor)
+    if kind == "uint16":
+        tensor = tensor.to(torch.float32)
     return tensor, kind
+
+
+def composite_on_white(image: torch.Tensor) -> torch.Tensor:
+    """[C + 1, H, W] with a trailing alpha channel → [C, H, W] over a white background, in the input's dtype
+    (integers rounded). White and opaque are the dtype's maximum: 255 (uint8), 65535 (uint16), 1.0 (float).
+    The one alpha compositor of detr_hf: the processor and the training transforms both use it."""
+    if image.ndim != 3 or image.shape[0] < 2:
+        raise ValueError(f"composite_on_white expects [C + 1, H, W] with C >= 1, got {tuple(image.shape)}")
+    if image.dtype == torch.uint8:
+        white = 255.0
+    elif image.dtype == torch.uint16:
+        white = 65535.0
+    elif image.is_floating_point():
+        white = 1.0
+    else:
+        raise TypeError(f"composite_on_white: unsupported dtype {image.dtype} (uint8, uint16 or float)")
+    color, alpha = image[:-1].float(), image[-1:].float() / white
+    blended = color * alpha + white * (1 - alpha)
+    if image.is_floating_point():
+        return blended.to(image.dtype)
+    return blended.round_().to(image.dtype)
+
+
+def to_rgb_uint8(image: Any, where: str = "image") -> torch.Tensor:
+    """A PIL image (upright, any mode incl. 16-bit and alpha), numpy HWC or torch CHW array (uint8, uint16 or
+    float in [0, 1]) → uint8 [3, H, W]: what the processor sees before resizing, quantised to 8 bits, for
+    pipelines (e.g. torchvision v2 augmentation) that work on uint8 RGB. `where` names the image in errors."""
+    try:
+        tensor, kind = prepare_image(image, 0, None)
+        if kind == "float":
+            check_unit_range(tensor, 0)
+    except (TypeError, ValueError) as err:
+        raise type(err)(str(err).replace("image 0", where, 1)) from None
+    if kind == "float":
+        tensor = tensor * 255.0
+    elif kind == "uint16":
+        tensor = tensor * (255.0 / 65535.0)
+    if kind != "uint8":
+        tensor = tensor.round_().clamp_(0, 255).to(torch.uint8)
+    return tensor.expand(3, -1, -1).contiguous() if tensor.shape[0] == 1 else tensor.contiguous()
 
 
 def _is_channels_last(
@@ -155,14 +204,6 @@ def _is_channels_last(
     )
 
 
-def _composite_on_white(tensor: torch.Tensor, kind: str) -> torch.Tensor:
-    """[C+1, H, W] with a trailing alpha channel → [C, H, W] over a white background, same kind."""
-    white = {"uint8": 255.0, "uint16": 65535.0, "float": 1.0}[kind]
-    color, alpha = tensor[:-1].float(), tensor[-1:].float() / white
-    blended = color * alpha + white * (1 - alpha)
-    return blended.round().to(torch.uint8) if kind == "uint8" else blended
-
-
 def check_unit_range(tensor: torch.Tensor, index: int) -> None:
     if not bool(torch.isfinite(tensor).all()):
         raise ValueError(f"image {index} contains NaN or infinite values")
@@ -172,6 +213,3 @@ def check_unit_range(tensor: torch.Tensor, index: int) -> None:
             f"image {index} is a float image with values in [{low.item():g}, {high.item():g}]; float images must be "
             "in [0, 1] (pass uint8 instead, or do_rescale=False to use the values as they are)"
         )
-
-
-# ---------------------------------------------------------------------- option checks
