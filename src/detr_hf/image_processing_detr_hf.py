@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
@@ -10,10 +11,14 @@ from torchvision.transforms.v2 import functional as tvF
 from transformers import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 
-from .annotations import coco_to_labels, normalize_category_mapping
+from .annotations import normalize_category_mapping
 from .batch_memory import empty_batch
 from .box_ops import denormalize_boxes
 from .image_inputs import as_annotation_list, as_image_list, check_unit_range, prepare_image
+from .panoptic_annotations import ANNOTATION_FORMATS, annotation_to_labels, pad_label_masks
+from .segmentation_post_processing import post_process_instance_segmentation as _instance_segmentation
+from .segmentation_post_processing import post_process_panoptic_segmentation as _panoptic_segmentation
+from .segmentation_post_processing import post_process_semantic_segmentation as _semantic_segmentation
 
 __all__ = ["DetrHfImageProcessor", "resized_size"]
 
@@ -173,6 +178,8 @@ class DetrHfImageProcessor(BaseImageProcessor):
         category_id_to_label: Mapping[int, int] | None = None,
         label2id: Mapping[str, int] | None = None,
         format: str | None = None,
+        masks_path: str | os.PathLike | None = None,
+        return_segmentation_masks: bool = False,
         input_data_format: str | None = None,
         device: str | torch.device | None = None,
         return_tensors: str | None = None,
@@ -182,10 +189,15 @@ class DetrHfImageProcessor(BaseImageProcessor):
         Every option defaults to the processor's attribute of the same name. `return_tensors`: None or "pt"
         (torch) or "np". With `do_pad=False` images of different sizes cannot be stacked: they come back as a
         list (only when `return_tensors` is None).
+
+        `format="coco_panoptic"`: annotations are COCO panoptic records (`file_name`, `segments_info`) whose PNGs
+        are read from `masks_path`; `return_segmentation_masks`: detection objects' polygon / RLE `segmentation`
+        is decoded. Either way labels get `masks` bool [N, H, W] at the padded size, boxes from the masks.
         """
-        if format is not None and str(getattr(format, "value", format)) != "coco_detection":
+        format = "coco_detection" if format is None else str(getattr(format, "value", format))
+        if format not in ANNOTATION_FORMATS:
             raise ValueError(
-                f"format={format!r} is not supported; DetrHfImageProcessor reads 'coco_detection'"
+                f"format={format!r} is not supported; DetrHfImageProcessor reads {ANNOTATION_FORMATS}"
             )
         if return_tensors not in (None, "pt", "np"):
             raise ValueError(f"return_tensors must be None, 'pt' or 'np', got {return_tensors!r}")
@@ -240,11 +252,14 @@ class DetrHfImageProcessor(BaseImageProcessor):
                 else normalize_category_mapping(category_id_to_label, "category_id_to_label")
             )
             data["labels"] = [
-                coco_to_labels(
+                annotation_to_labels(
                     annotation,
                     i,
                     tuple(prepared[i][0].shape[-2:]),
                     tuple(resized[i][0].shape[-2:]),
+                    format=format,
+                    masks_path=masks_path,
+                    return_segmentation_masks=return_segmentation_masks,
                     category_id_to_label=mapping,
                     label2id=self.label2id if label2id is None else label2id,
                     keep_crowd=self.keep_crowd_annotations
@@ -256,6 +271,8 @@ class DetrHfImageProcessor(BaseImageProcessor):
                 )
                 for i, annotation in enumerate(annotation_list)
             ]
+            for i, labels in enumerate(data["labels"]):
+                pad_label_masks(labels, pixel_values[i].shape[-2:])
         if return_tensors == "np":
             data = _to_numpy(data)
         return BatchFeature(data=data)
@@ -369,6 +386,22 @@ class DetrHfImageProcessor(BaseImageProcessor):
                 {"scores": image_scores[keep], "labels": image_labels[keep], "boxes": image_boxes[keep]}
             )
         return results
+
+    def post_process_panoptic_segmentation(
+        self, outputs: Any, *args: Any, **kwargs: Any
+    ) -> list[dict[str, Any]]:
+        """Segmentation outputs → panoptic segments; see `segmentation_post_processing`."""
+        return _panoptic_segmentation(outputs, *args, **kwargs)
+
+    def post_process_instance_segmentation(
+        self, outputs: Any, *args: Any, **kwargs: Any
+    ) -> list[dict[str, Any]]:
+        """Segmentation outputs → instance segments; see `segmentation_post_processing`."""
+        return _instance_segmentation(outputs, *args, **kwargs)
+
+    def post_process_semantic_segmentation(self, outputs: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        """Segmentation outputs → per-pixel class maps; see `segmentation_post_processing`."""
+        return _semantic_segmentation(outputs, *args, **kwargs)
 
 
 def _write_affine(
