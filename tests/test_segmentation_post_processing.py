@@ -205,3 +205,26 @@ def test_outputs_without_masks_are_refused():
         post_process_instance_segmentation(
             random_outputs(7), return_coco_annotation=True, return_binary_maps=True
         )
+
+
+def test_processor_delegates_and_remote_code_closure(tmp_path):
+    from detr_hf import DetrHfImageProcessor
+    from detr_hf.sharing import copy_code
+
+    outputs = random_outputs(8)
+    processor = DetrHfImageProcessor()
+    kwargs = dict(threshold=0.4, label_ids_to_fuse={2}, target_sizes=[(300, 400), (450, 333)])
+    same_segments(
+        processor.post_process_panoptic_segmentation(outputs, **kwargs),
+        post_process_panoptic_segmentation(outputs, **kwargs),
+    )
+    same_segments(
+        processor.post_process_instance_segmentation(outputs, threshold=0.4),
+        post_process_instance_segmentation(outputs, threshold=0.4),
+    )
+    for mine, ref in zip(
+        processor.post_process_semantic_segmentation(outputs), post_process_semantic_segmentation(outputs)
+    ):
+        assert torch.equal(mine, ref)
+    copied = copy_code(tmp_path)
+    assert {"segmentation_post_processing.py", "panoptic_annotations.py", "annotations.py"} <= set(copied)
