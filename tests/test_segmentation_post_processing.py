@@ -228,3 +228,17 @@ def test_processor_delegates_and_remote_code_closure(tmp_path):
         assert torch.equal(mine, ref)
     copied = copy_code(tmp_path)
     assert {"segmentation_post_processing.py", "panoptic_annotations.py", "annotations.py"} <= set(copied)
+
+
+def test_coco_sized_head_matches_transformers_at_area_ratio_boundaries():
+    """100 queries, 250 classes, plain random logits: many small segments whose won / own pixel ratio lands on
+    the threshold exactly (e.g. 4 of 5 pixels at 0.8), which transformers compares in float32."""
+    gen = torch.Generator().manual_seed(0)
+    outputs = DetrSegmentationOutput(
+        logits=torch.randn(1, 100, 251, generator=gen) * 3,
+        pred_masks=torch.randn(1, 100, 200, 267, generator=gen),
+    )
+    kwargs = dict(threshold=0.0, target_sizes=[(480, 640)])
+    ours = post_process_panoptic_segmentation(outputs, **kwargs)
+    same_segments(ours, DetrImageProcessor().post_process_panoptic_segmentation(outputs, **kwargs))
+    assert len(ours[0]["segments_info"]) == 5
