@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-from torchvision.transforms.v2 import functional as tvF
+from torch.nn import functional as F
 
 from .annotations import coco_to_labels
 
@@ -59,8 +59,12 @@ def masks_to_xywh(masks: torch.Tensor) -> torch.Tensor:
     column c spans [c, c + 1)); an empty mask gets a zero box."""
     if masks.shape[0] == 0:
         return torch.zeros(0, 4)
-    rows, cols = masks.any(2), masks.any(1)  # [N, H], [N, W]
-    height, width = masks.shape[-2:]
+    return _extent_boxes(masks.any(2), masks.any(1))
+
+
+def _extent_boxes(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Which rows [N, H] and columns [N, W] each mask touches → float32 (x, y, w, h) pixel-edge boxes."""
+    height, width = rows.shape[1], cols.shape[1]
     y0 = rows.float().argmax(1)
     y1 = height - rows.flip(1).float().argmax(1)
     x0 = cols.float().argmax(1)
@@ -75,29 +79,27 @@ def _resize_masks(masks: torch.Tensor, new_size: tuple[int, int]) -> torch.Tenso
         return masks
     if masks.shape[0] == 0:
         return masks.new_zeros((0, *new_size))
-    resized = tvF.resize(masks.to(torch.uint8), list(new_size), interpolation=tvF.InterpolationMode.NEAREST)
-    return resized.bool()
+    return F.interpolate(masks[None].to(torch.uint8), size=tuple(new_size), mode="nearest")[0].bool()
 
 
-def _with_masks(
+def _labels_and_kept(
     annotation: Mapping[str, Any],
     objects: list[dict[str, Any]],
-    masks: torch.Tensor,
+    nonempty: torch.Tensor,
     index: int,
     orig_size: tuple[int, int],
     new_size: tuple[int, int],
     coco_options: dict[str, Any],
-) -> dict[str, torch.Tensor]:
-    """Labels of `objects` whose boxes were set from `masks` (empty mask → zero box, so `coco_to_labels`
-    drops it as it drops any degenerate box), with the same objects' masks resized to `new_size`."""
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Labels of `objects` whose boxes were set from their masks (an empty mask → a zero box, which
+    `coco_to_labels` drops as it drops any degenerate box), and which objects it kept (bool [N])."""
     record = {"image_id": annotation.get("image_id", annotation.get("id")), "annotations": objects}
     labels = coco_to_labels(record, index, orig_size, new_size, **coco_options)
     crowd = torch.tensor([bool(obj.get("iscrowd", 0)) for obj in objects], dtype=torch.bool)
-    kept = masks.flatten(1).any(1) & (~crowd | coco_options.get("keep_crowd", False))
-    labels["masks"] = _resize_masks(masks[kept], new_size)
-    if labels["masks"].shape[0] != labels["class_labels"].shape[0]:
+    kept = nonempty & (~crowd | coco_options.get("keep_crowd", False))
+    if int(kept.sum()) != labels["class_labels"].shape[0]:
         raise RuntimeError("masks and class labels went out of step")  # a bug here, never bad input
-    return labels
+    return labels, kept
 
 
 def panoptic_to_labels(
@@ -140,25 +142,42 @@ def panoptic_to_labels(
     segment_ids = [int(segment["id"]) for segment in segments]
     if len(set(segment_ids)) != len(segment_ids):
         raise ValueError(f"{where}: segments_info repeats segment ids {sorted(segment_ids)}")
-    present = set(np.unique(ids).tolist()) - {0}
+    values, inverse = np.unique(ids, return_inverse=True)  # inverse: [H, W] index into the sorted ids
+    present = set(values.tolist()) - {0}
     if present != set(segment_ids):
         missing, unlisted = sorted(set(segment_ids) - present), sorted(present - set(segment_ids))
         raise ValueError(
             f"{where}: the ids of panoptic PNG {str(path)!r} do not match segments_info: ids listed but not in "
             f"the PNG {missing[:10]}, ids in the PNG but not listed {unlisted[:10]}"
         )
-    masks = torch.from_numpy(ids)[None] == torch.tensor(segment_ids, dtype=torch.int64)[:, None, None]
-    boxes = masks_to_xywh(masks).tolist()
+    position = {value: k for k, value in enumerate(values.tolist())}
+    order = torch.tensor([position[i] for i in segment_ids], dtype=torch.int64)  # segment j = index order[j]
+    index_map = torch.from_numpy(inverse.reshape(ids.shape))
+    # Rows / columns each index touches, from one scatter over the pixels instead of one pass per segment.
+    rows = torch.zeros(len(values), ids.shape[0], dtype=torch.bool)
+    rows[index_map, torch.arange(ids.shape[0])[:, None]] = True
+    cols = torch.zeros(len(values), ids.shape[1], dtype=torch.bool)
+    cols[index_map, torch.arange(ids.shape[1])[None, :]] = True
+    boxes = _extent_boxes(rows[order], cols[order]).tolist()
+    areas = torch.bincount(index_map.flatten(), minlength=len(values))[order].tolist()
     objects = [
         {
             "bbox": box,
             "category_id": segment["category_id"],
             "iscrowd": segment.get("iscrowd", 0),
-            "area": segment.get("area", float(mask.sum())),
+            "area": segment.get("area", float(area)),
         }
-        for segment, box, mask in zip(segments, boxes, masks)
+        for segment, box, area in zip(segments, boxes, areas)
     ]
-    return _with_masks(annotation, objects, masks, index, orig_size, new_size, coco_options)
+    nonempty = torch.ones(len(objects), dtype=torch.bool)
+    labels, kept = _labels_and_kept(annotation, objects, nonempty, index, orig_size, new_size, coco_options)
+    # Resizing the index map once is the same nearest-neighbour resize as resizing every mask.
+    if tuple(new_size) != tuple(ids.shape):
+        index_map = F.interpolate(index_map[None, None].float(), size=tuple(new_size), mode="nearest")[
+            0, 0
+        ].long()
+    labels["masks"] = index_map[None] == order[kept][:, None, None]
+    return labels
 
 
 def decode_coco_segmentation(segmentation: Any, height: int, width: int, where: str) -> np.ndarray:
@@ -233,7 +252,10 @@ def instance_to_labels(
         obj["bbox"] = box
         if obj.get("area") is None:
             obj["area"] = float(mask.sum())
-    return _with_masks(annotation, objects, stacked, index, orig_size, new_size, coco_options)
+    nonempty = stacked.flatten(1).any(1)
+    labels, kept = _labels_and_kept(annotation, objects, nonempty, index, orig_size, new_size, coco_options)
+    labels["masks"] = _resize_masks(stacked[kept], new_size)
+    return labels
 
 
 def annotation_to_labels(
