@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
@@ -10,7 +11,7 @@ from torchvision.transforms.v2 import functional as tvF
 from transformers import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 
-from .annotations import coco_to_labels, normalize_category_mapping
+from .annotations import normalize_category_mapping
 from .box_ops import denormalize_boxes
 from .image_inputs import as_annotation_list, as_image_list, check_unit_range, prepare_image
 from .image_processor_options import (
@@ -25,6 +26,10 @@ from .image_processor_options import (
     warn_unknown_options,
 )
 from .pixel_batch import assemble_batch
+from .panoptic_annotations import annotation_to_labels, pad_label_masks
+from .segmentation_post_processing import post_process_instance_segmentation as _instance_segmentation
+from .segmentation_post_processing import post_process_panoptic_segmentation as _panoptic_segmentation
+from .segmentation_post_processing import post_process_semantic_segmentation as _semantic_segmentation
 
 __all__ = ["DetrHfImageProcessor", "resized_size"]
 
@@ -178,6 +183,8 @@ class DetrHfImageProcessor(BaseImageProcessor):
         label2id: Mapping[str, int] | None = None,
         format: str | None = None,
         do_convert_rgb: bool | None = None,
+        masks_path: str | os.PathLike | None = None,
+        return_segmentation_masks: bool = False,
         input_data_format: str | None = None,
         device: str | torch.device | None = None,
         return_tensors: str | None = None,
@@ -188,6 +195,10 @@ class DetrHfImageProcessor(BaseImageProcessor):
         Every option defaults to the processor's attribute of the same name. `return_tensors`: None or "pt"
         (torch) or "np". With `do_pad=False` images of different sizes cannot be stacked: they come back as a
         list (only when `return_tensors` is None). Unknown options are ignored with a warning.
+
+        `format="coco_panoptic"`: annotations are COCO panoptic records (`file_name`, `segments_info`) whose PNGs
+        are read from `masks_path`; `return_segmentation_masks`: detection objects' polygon / RLE `segmentation`
+        is decoded. Either way labels get `masks` bool [N, H, W] at the padded size, boxes from the masks.
         """
         if kwargs:
             warn_unknown_options(
@@ -253,6 +264,8 @@ class DetrHfImageProcessor(BaseImageProcessor):
                 format,
                 [tuple(tensor.shape[-2:]) for tensor, _ in prepared],
                 [tuple(tensor.shape[-2:]) for tensor, _ in resized],
+                masks_path=masks_path,
+                return_segmentation_masks=return_segmentation_masks,
                 category_id_to_label=self.category_id_to_label
                 if category_id_to_label is None
                 else normalize_category_mapping(category_id_to_label, "category_id_to_label"),
@@ -264,6 +277,8 @@ class DetrHfImageProcessor(BaseImageProcessor):
                 if do_convert_annotations is None
                 else do_convert_annotations,
             )
+            for i, labels in enumerate(data["labels"]):
+                pad_label_masks(labels, pixel_values[i].shape[-2:])
         if return_tensors == "np":
             data = _to_numpy(data)
         return BatchFeature(data=data)
@@ -275,24 +290,24 @@ class DetrHfImageProcessor(BaseImageProcessor):
         orig_sizes: list[tuple[int, int]],
         new_sizes: list[tuple[int, int]],
         *,
+        masks_path: str | os.PathLike | None,
+        return_segmentation_masks: bool,
         category_id_to_label: Mapping[int, int] | None,
         label2id: Mapping[str, int] | None,
         keep_crowd: bool,
         normalize: bool,
     ) -> list[dict[str, torch.Tensor]]:
         """One label dict per image from annotations in `format`, for images resized from `orig_sizes` to
-        `new_sizes` ((h, w) each). The one place that dispatches on the annotation format."""
-        if format == "coco_panoptic":
-            raise ValueError(
-                "format='coco_panoptic' (COCO panoptic annotations with PNG segment masks) is not supported yet "
-                "by DetrHfImageProcessor; give COCO detection annotations (format='coco_detection')"
-            )
+        `new_sizes` ((h, w) each); `panoptic_annotations.annotation_to_labels` dispatches on the format."""
         return [
-            coco_to_labels(
+            annotation_to_labels(
                 annotation,
                 i,
                 orig_sizes[i],
                 new_sizes[i],
+                format=format,
+                masks_path=masks_path,
+                return_segmentation_masks=return_segmentation_masks,
                 category_id_to_label=category_id_to_label,
                 label2id=label2id,
                 keep_crowd=keep_crowd,
@@ -348,6 +363,22 @@ class DetrHfImageProcessor(BaseImageProcessor):
                 {"scores": image_scores[keep], "labels": image_labels[keep], "boxes": image_boxes[keep]}
             )
         return results
+
+    def post_process_panoptic_segmentation(
+        self, outputs: Any, *args: Any, **kwargs: Any
+    ) -> list[dict[str, Any]]:
+        """Segmentation outputs → panoptic segments; see `segmentation_post_processing`."""
+        return _panoptic_segmentation(outputs, *args, **kwargs)
+
+    def post_process_instance_segmentation(
+        self, outputs: Any, *args: Any, **kwargs: Any
+    ) -> list[dict[str, Any]]:
+        """Segmentation outputs → instance segments; see `segmentation_post_processing`."""
+        return _instance_segmentation(outputs, *args, **kwargs)
+
+    def post_process_semantic_segmentation(self, outputs: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        """Segmentation outputs → per-pixel class maps; see `segmentation_post_processing`."""
+        return _semantic_segmentation(outputs, *args, **kwargs)
 
 
 def _output_field(outputs: Any, name: str) -> torch.Tensor:
