@@ -25,8 +25,8 @@ from .image_processor_options import (
     resized_size,
     warn_unknown_options,
 )
-from .pixel_batch import assemble_batch
 from .panoptic_annotations import annotation_to_labels, pad_label_masks
+from .pixel_batch import assemble_batch
 from .segmentation_post_processing import post_process_instance_segmentation as _instance_segmentation
 from .segmentation_post_processing import post_process_panoptic_segmentation as _panoptic_segmentation
 from .segmentation_post_processing import post_process_semantic_segmentation as _semantic_segmentation
