@@ -171,7 +171,7 @@ def test_finetune_keeps_the_checkpoint_processor(tmp_path, train_script):
     out = tmp_path / "out"
     train_script.main(
         ["--coco_dir", str(coco), "--model_name_or_path", str(ckpt), "--output_dir", str(out), "--print_config_only",
-         *QUIET_RUN]
+         "--per_device_train_batch_size", "1", *QUIET_RUN]
     )  # fmt: skip
     config = json.loads((out / "training_config.json").read_text())
     assert config["recipe"] == "finetune" and config["model"]["from"] == str(ckpt)
@@ -183,7 +183,7 @@ def test_finetune_keeps_the_checkpoint_processor(tmp_path, train_script):
     # Only an explicit flag changes the loaded processor's size.
     train_script.main(
         ["--coco_dir", str(coco), "--model_name_or_path", str(ckpt), "--output_dir", str(out), "--print_config_only",
-         "--eval_size", "640", *QUIET_RUN]
+         "--eval_size", "640", "--per_device_train_batch_size", "1", *QUIET_RUN]
     )  # fmt: skip
     assert json.loads((out / "preprocessor_config.json").read_text())["size"] == {
         "shortest_edge": 640, "longest_edge": 1333,
@@ -193,3 +193,23 @@ def test_finetune_keeps_the_checkpoint_processor(tmp_path, train_script):
 def test_fresh_runs_use_the_tiny_model_flags(train_script):
     args = train_script.parse_args(["--dataset_name", "x", *TINY_FRESH_MODEL])
     assert args.backbone == "test_resnet" and args.pretrained_backbone is False and args.backbone_out_indices is None
+
+
+def test_finetune_reads_a_transformers_detr_processor_config(script, tmp_path):
+    folder = tmp_path / "transformers_detr"
+    folder.mkdir()
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "DetrImageProcessor", "format": "coco_detection", "do_resize": True, "size": 600,
+        "max_size": 1000, "do_normalize": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25],
+    }))  # fmt: skip
+    args = script.parse_args(["--model_name_or_path", str(folder)])
+    assert (args.recipe, args.eval_size, args.max_size) == ("finetune", 600, 1000)
+    assert args.train_scales.split(",")[0] == "360" and args.train_scales.split(",")[-1] == "600"
+    processor = script.build_processor(args)
+    assert processor.size == {"shortest_edge": 600, "longest_edge": 1000} and list(processor.image_mean) == [0.5] * 3
+
+
+def test_an_explicit_epoch_count_beats_the_recipes_step_count(train_script):
+    assert train_script.parse_args([]).max_train_steps == 5000
+    args = train_script.parse_args(["--num_train_epochs", "2"])
+    assert (args.num_train_epochs, args.max_train_steps) == (2, None)

@@ -154,10 +154,28 @@ def training_query_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _checkpoint_processor(path: str) -> DetrHfImageProcessor | None:
+    """The checkpoint's processor; None (logged) when it has none or one detr_hf cannot read."""
     try:
         return DetrHfImageProcessor.from_pretrained(path)
     except OSError:
         return None
+    except (ValueError, TypeError, KeyError) as error:
+        return _foreign_processor(path, error)
+
+
+def _foreign_processor(path: str, error: Exception) -> DetrHfImageProcessor | None:
+    """A detr_hf processor with the resize and normalisation of another DETR processor config (transformers'
+    DetrImageProcessor: `size` 800 + `max_size` 1333, or a size dict)."""
+    found, _ = DetrHfImageProcessor.get_image_processor_dict(path)
+    size = found.get("size")
+    if isinstance(size, int):
+        size = {"shortest_edge": size, "longest_edge": int(found.get("max_size") or round(size * 1333 / 800))}
+    if not isinstance(size, dict) or "shortest_edge" not in size:
+        logger.warning("the image processor of %s is not readable by detr_hf (%s); using a new one", path, error)
+        return None
+    kwargs = {key: found[key] for key in ("image_mean", "image_std", "do_normalize") if key in found}
+    logger.info("%s: %s taken over as a detr_hf processor (size %s)", path, found.get("image_processor_type"), size)
+    return DetrHfImageProcessor(size=dict(size), **kwargs)
 
 
 def parse_and_resolve(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
@@ -256,7 +274,6 @@ def _fine_tuned_model(
     id2label = dict(enumerate(class_names))
     model = DetrHfForObjectDetection.from_pretrained(
         args.model_name_or_path,
-        num_labels=len(class_names),
         id2label=id2label,
         label2id={name: i for i, name in id2label.items()},
         ignore_mismatched_sizes=True,

@@ -174,6 +174,8 @@ def resolve_recipe(args: argparse.Namespace, processor_size: Mapping[str, int] |
     args.explicit_sizes = args.eval_size is not None or args.max_size is not None
     if getattr(args, "backbone_weights", None) and args.pretrained_backbone is None:
         args.pretrained_backbone = False  # the local file is the source of the backbone's weights
+    if args.num_train_epochs is not None:
+        values.pop("max_train_steps", None)  # an explicit epoch count is not overridden by the recipe's steps
     if args.backbone is not None:
         values.pop("backbone_out_indices", None)  # the recipe's cut belongs to the recipe's backbone
     if name == "finetune":
