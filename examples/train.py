@@ -56,16 +56,7 @@ from detr_hf.training import (
     is_complete_checkpoint,
     save_checkpoint_atomically,
 )
-from detr_hf.training.cli import (
-    add_data_args,
-    add_model_args,
-    add_training_args,
-    build_datasets,
-    build_model,
-    build_processor,
-    make_parser,
-    parse_and_resolve,
-)
+from detr_hf.training.cli import build_datasets, build_model, build_processor, make_parser, parse_and_resolve
 from detr_hf.training.progress import TrainProgress
 from detr_hf.training.publish import hub_dataset_id, push_trained_model
 from detr_hf.training.recipes import lr_drop_step_for
@@ -75,10 +66,7 @@ logger = logging.getLogger("detr_hf.train")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = make_parser(__doc__)
-    add_data_args(parser)
-    add_model_args(parser)
-    add_training_args(parser, output_dir="outputs/detr_hf", report_to="tensorboard")
+    parser = make_parser(__doc__, output_dir="outputs/detr_hf", report_to="tensorboard")
     opt = parser.add_argument_group("accelerate script")
     opt.add_argument(
         "--time_budget_minutes", type=float, default=None,

@@ -27,16 +27,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from detr_hf.coco_evaluation import compute_coco_map
 from detr_hf.training import DetectionCollator, build_lr_lambda, build_param_groups, predictions_to_original
-from detr_hf.training.cli import (
-    add_data_args,
-    add_model_args,
-    add_training_args,
-    build_datasets,
-    build_model,
-    build_processor,
-    make_parser,
-    parse_and_resolve,
-)
+from detr_hf.training.cli import build_datasets, build_model, build_processor, make_parser, parse_and_resolve
 from detr_hf.training.publish import hub_dataset_id, push_trained_model
 from detr_hf.training.recipes import lr_drop_step_for
 from detr_hf.training.run_config import format_settings, plan_steps, run_settings, write_settings
@@ -51,10 +42,7 @@ IGNORE_KEYS = [
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = make_parser(__doc__)
-    add_data_args(parser)
-    add_model_args(parser)
-    add_training_args(parser, output_dir="outputs/detr_hf_trainer", report_to="none")
+    parser = make_parser(__doc__, output_dir="outputs/detr_hf_trainer", report_to="none")
     trainer = parser.add_argument_group("Trainer script")
     trainer.add_argument("--use_cpu", action="store_true")
     trainer.add_argument("--save_strategy", default="epoch", choices=("no", "epoch", "steps"))

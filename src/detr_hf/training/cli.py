@@ -39,11 +39,16 @@ def _ints(text: str) -> list[int]:
     return [int(v) for v in str(text).split(",") if v.strip()]
 
 
-def make_parser(description: str | None) -> argparse.ArgumentParser:
-    """The parser both training scripts start from; abbreviated flags are refused."""
-    return argparse.ArgumentParser(
+def make_parser(description: str | None, *, output_dir: str, report_to: str) -> argparse.ArgumentParser:
+    """The parser both training scripts start from (data, model, recipe, optimisation and run flags);
+    abbreviated flags are refused."""
+    parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
+    add_data_args(parser)
+    add_model_args(parser)
+    add_training_args(parser, output_dir=output_dir, report_to=report_to)
+    return parser
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
