@@ -2,9 +2,10 @@
 
     python examples/predict.py --model outputs/demo images/ photo.jpg --output_dir predictions --threshold 0.5
 
---model is a detr_hf folder or Hub id. For each image: `<output_dir>/<name>.png` with boxes and labels drawn,
-and one `<output_dir>/detections.json`: {file: [{"label", "label_id", "score", "box": [x0, y0, x1, y1]}]}
-in original image pixels.
+--model is a detr_hf folder or Hub id. For each image: `<output_dir>/<stem>_<extension>.png` with boxes and labels
+drawn (`photo.jpg` → `photo_jpg.png`, `photo.png` → `photo_png.png`; the same name from another folder gets `-2`,
+`-3`, ...: no output ever replaces another), and one `<output_dir>/detections.json`:
+{file: [{"label", "label_id", "score", "box": [x0, y0, x1, y1]}]} in original (EXIF-upright) image pixels.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes
 
 import detr_hf  # noqa: F401  (registers the Auto classes)
+from detr_hf.image_inputs import open_image
 from detr_hf.image_processing_detr_hf import DetrHfImageProcessor
 from detr_hf.modeling_detr_hf import DetrHfForObjectDetection
 
@@ -31,7 +34,9 @@ _PALETTE = ["red", "lime", "yellow", "cyan", "magenta", "orange", "white", "deep
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
     parser.add_argument("--model", required=True, help="detr_hf folder or Hub id")
     parser.add_argument("--output_dir", default="predictions")
@@ -42,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def collect_images(inputs: list[str]) -> list[Path]:
-    """Files as given, folders expanded to their image files (sorted); ValueError for a missing path."""
+    """Files as given, folders expanded to their image files (sorted), each file once; ValueError for a missing path."""
     files: list[Path] = []
     for item in inputs:
         path = Path(item)
@@ -54,7 +59,32 @@ def collect_images(inputs: list[str]) -> list[Path]:
             raise ValueError(f"input {item!r} is neither an image file nor a folder")
     if not files:
         raise ValueError(f"no images found in {inputs}")
-    return files
+    unique = {path.resolve(): path for path in reversed(files)}  # the first mention of a file wins
+    return [path for path in files if unique[path.resolve()] is path]
+
+
+def output_names(files: list[Path]) -> list[str]:
+    """A distinct PNG name for every input: `<stem>_<extension>.png`, then `-2`, `-3`, ... for repeats
+    (compared case-insensitively, for case-insensitive file systems)."""
+    taken: set[str] = set()
+    names = []
+    for path in files:
+        base = f"{path.stem}_{path.suffix[1:].lower()}" if path.suffix else path.name
+        name, k = f"{base}.png", 2
+        while name.lower() in taken:
+            name, k = f"{base}-{k}.png", k + 1
+        taken.add(name.lower())
+        names.append(name)
+    return names
+
+
+def viewable(image: Image.Image) -> Image.Image:
+    """8-bit RGB for drawing: 16/32-bit greyscale scaled to 0..255 (a plain convert would clip it to white)."""
+    if image.mode.startswith("I"):
+        pixels = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if pixels.max() > 255 else 255.0
+        return Image.fromarray(np.clip(pixels / top * 255.0 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")
 
 
 def draw(image: Image.Image, detections: list[dict]) -> torch.Tensor:
@@ -71,6 +101,7 @@ def draw(image: Image.Image, detections: list[dict]) -> torch.Tensor:
 def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     args = parse_args(argv)
     files = collect_images(args.inputs)
+    drawn_name = dict(zip(files, output_names(files)))
     model = DetrHfForObjectDetection.from_pretrained(args.model).eval()
     processor = DetrHfImageProcessor.from_pretrained(args.model)
     id2label = model.config.id2label
@@ -81,8 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
         chunk, images = [], []
         for path in files[start : start + args.batch_size]:
             try:
-                with Image.open(path) as opened:
-                    images.append(opened.convert("RGB"))
+                images.append(open_image(path))  # EXIF orientation applied, the file's own mode (16-bit too)
                 chunk.append(path)
             except OSError as error:
                 logger.warning("skipping %s: not a readable image (%s)", path, error)
@@ -98,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
                 for s, c, b in zip(dets["scores"], dets["labels"], dets["boxes"])
             ]
             results[str(path)] = detections
-            F.to_pil_image(draw(image, detections)).save(out_dir / f"{path.stem}.png")
+            F.to_pil_image(draw(viewable(image), detections)).save(out_dir / drawn_name[path])
     (out_dir / "detections.json").write_text(json.dumps(results, indent=2))
     logger.info("wrote %d images and detections.json to %s", len(results), out_dir)
     return results

@@ -1,5 +1,10 @@
 """Train detr_hf with Accelerate: `accelerate launch examples/train.py` (no arguments = the built-in demo).
 
+Recipes (`--recipe`, see detr_hf/training/recipes.py) preset every flag not given: `detr-r50` (the paper's
+recipe; default with --dataset_name/--coco_dir), `finetune` (default with --model_name_or_path: architecture,
+processor and labels from the checkpoint) and `demo` (default with neither). The resolved settings are printed
+once and written to OUTPUT_DIR/training_config.json; `--print_config_only` stops there.
+
 Data: the built-in synthetic shapes (default), `--dataset_name` (HF datasets name or path, cppe-5 schema) or
 `--coco_dir` (+ `--train_annotations`, `--val_annotations`). Model: `--model_name_or_path` (a detr_hf folder
 or Hub id; a new label set gets new heads) or a fresh model (`--backbone` any timm name,
@@ -30,17 +35,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from detr_hf.targets import NonFinitePredictionError
 from detr_hf.training import (
@@ -54,50 +56,30 @@ from detr_hf.training import (
     is_complete_checkpoint,
     save_checkpoint_atomically,
 )
-from detr_hf.training.cli import add_data_args, add_model_args, build_datasets, build_model, build_processor
+from detr_hf.training.cli import build_datasets, build_model, build_processor, make_parser, parse_and_resolve
+from detr_hf.training.progress import TrainProgress
+from detr_hf.training.publish import hub_dataset_id, push_trained_model
+from detr_hf.training.recipes import lr_drop_step_for
+from detr_hf.training.run_config import format_settings, plan_steps, run_settings, write_settings
 
 logger = logging.getLogger("detr_hf.train")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_args(parser)
-    add_model_args(parser)
-    opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--learning_rate", type=float, default=2e-4)
-    opt.add_argument("--backbone_learning_rate", type=float, default=None, help="default: --learning_rate")
-    opt.add_argument("--weight_decay", type=float, default=1e-4)
-    opt.add_argument("--max_grad_norm", type=float, default=0.1)
-    opt.add_argument("--lr_scheduler", choices=("constant", "step", "cosine"), default="constant")
-    opt.add_argument("--warmup_steps", type=int, default=0)
-    opt.add_argument("--lr_drop_step", type=int, default=None, help="step schedule: optimiser step of the drop")
-    opt.add_argument("--lr_drop_factor", type=float, default=0.1)
-    opt.add_argument("--per_device_train_batch_size", type=int, default=8)
-    opt.add_argument("--per_device_eval_batch_size", type=int, default=16)
-    opt.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    opt.add_argument("--num_train_epochs", type=int, default=10)
-    opt.add_argument("--max_train_steps", type=int, default=None, help="overrides --num_train_epochs")
+    parser = make_parser(__doc__, output_dir="outputs/detr_hf", report_to="tensorboard")
+    opt = parser.add_argument_group("accelerate script")
     opt.add_argument(
         "--time_budget_minutes", type=float, default=None,
-        help="stop training after this wall time (then evaluate and save); makes the step count machine-dependent",
+        help="also stop training after this wall time (then evaluate and save); makes the step count machine-dependent",
     )  # fmt: skip
     opt.add_argument("--max_consecutive_nonfinite", type=int, default=10)
-    run = parser.add_argument_group("run")
-    run.add_argument("--output_dir", default="outputs/detr_hf")
-    run.add_argument("--seed", type=int, default=42)
-    run.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None)
-    run.add_argument("--dataloader_num_workers", type=int, default=0)
-    run.add_argument("--torch_threads", type=int, default=None, help="torch.set_num_threads (1 helps on busy machines)")
-    run.add_argument("--checkpointing_steps", default="epoch", help="an integer N (every N steps), 'epoch' or 'no'")
-    run.add_argument("--checkpoints_total_limit", type=int, default=2)
-    run.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder")
-    run.add_argument("--eval_every_epochs", type=int, default=1, help="evaluate every N epochs (0 = only at the end)")
-    run.add_argument("--logging_steps", type=int, default=20)
-    run.add_argument("--report_to", default="tensorboard", help="accelerate tracker name, or 'none'")
-    run.add_argument("--push_to_hub", action="store_true")
-    run.add_argument("--hub_model_id", default=None)
-    run.add_argument("--no_progress_bar", action="store_true")
-    return parser.parse_args(argv)
+    opt.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None)
+    opt.add_argument("--torch_threads", type=int, default=None, help="torch.set_num_threads (1 helps on busy machines)")
+    opt.add_argument("--checkpointing_steps", default="epoch", help="an integer N (every N steps), 'epoch' or 'no'")
+    opt.add_argument("--checkpoints_total_limit", type=int, default=2)
+    opt.add_argument("--eval_every_epochs", type=int, default=1, help="evaluate every N epochs (0 = only at the end)")
+    opt.add_argument("--no_progress_bar", action="store_true")
+    return parse_and_resolve(parser, argv)
 
 
 def _resolve_resume(args: argparse.Namespace, checkpoints_dir: Path) -> Path | None:
@@ -143,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     train_set, val_set, class_names = build_datasets(args, args.seed)
     processor = build_processor(args)
-    model = build_model(args, class_names)
+    model = build_model(args, class_names, train_set)
     collator = DetectionCollator(processor)
     sampler = EpochSampler(len(train_set), seed=args.seed)
     train_loader = DataLoader(
@@ -156,8 +138,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         num_workers=args.dataloader_num_workers,
     )  # fmt: skip
 
-    backbone_lr = args.learning_rate if args.backbone_learning_rate is None else args.backbone_learning_rate
-    optimizer = torch.optim.AdamW(build_param_groups(model, args.learning_rate, backbone_lr, args.weight_decay))
+    optimizer = torch.optim.AdamW(
+        build_param_groups(model, args.learning_rate, args.backbone_learning_rate, args.weight_decay)
+    )
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
 
     batches_per_epoch = len(train_loader)
@@ -166,13 +149,27 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             f"the train split ({len(train_set)} images) is smaller than one global batch "
             f"({args.per_device_train_batch_size} × {accelerator.num_processes} processes)"
         )
-    steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
-    max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
-    num_epochs = math.ceil(max_steps / steps_per_epoch)
+    steps_per_epoch, max_steps, num_epochs = plan_steps(
+        batches_per_epoch, args.gradient_accumulation_steps, args.num_train_epochs, args.max_train_steps
+    )
+    lr_drop_step = lr_drop_step_for(args, max_steps)
+    settings = run_settings(
+        args=args, model=accelerator.unwrap_model(model), processor=processor, class_names=class_names,
+        num_train_images=len(train_set), num_val_images=len(val_set), steps_per_epoch=steps_per_epoch,
+        max_steps=max_steps, num_epochs=num_epochs, lr_drop_step=lr_drop_step,
+        num_processes=accelerator.num_processes,
+    )  # fmt: skip
+    if accelerator.is_main_process:
+        logger.info("resolved settings:\n%s", format_settings(settings))
+        write_settings(settings, output_dir)
+        if args.print_config_only:
+            processor.save_pretrained(output_dir)
+    if args.print_config_only:
+        accelerator.end_training()
+        return {}
     # Stepped by hand once per optimiser step (accelerate's wrapper would step it once per process).
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        build_lr_lambda(args.lr_scheduler, args.warmup_steps, max_steps, args.lr_drop_step, args.lr_drop_factor),
+        optimizer, build_lr_lambda(args.lr_scheduler, args.warmup_steps, max_steps, lr_drop_step, args.lr_drop_factor)
     )
     state = TrainState()
     accelerator.register_for_checkpointing(scheduler, state)
@@ -181,6 +178,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if resume is not None:
         accelerator.load_state(str(resume))
         logger.info("resumed from %s at step %d (epoch %d)", resume, state.completed_steps, state.epoch)
+    if state.batches_in_epoch >= batches_per_epoch:  # a checkpoint from the last batch of an epoch
+        state.epoch, state.batches_in_epoch = state.epoch + 1, 0
 
     if report_to:
         hparams = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
@@ -192,15 +191,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         marker = {"step": state.completed_steps, "epoch": state.epoch, "batches_in_epoch": state.batches_in_epoch}
         save_checkpoint_atomically(accelerator, checkpoints_dir, state.completed_steps, marker, args.checkpoints_total_limit)
 
-    started = time.monotonic()
-    progress = tqdm(
-        total=max_steps, initial=state.completed_steps, desc="train",
+    progress = TrainProgress(
+        max_steps=max_steps, initial_step=state.completed_steps, time_budget_minutes=args.time_budget_minutes,
         disable=not accelerator.is_local_main_process or args.no_progress_bar,
     )  # fmt: skip
     sums: dict[str, torch.Tensor] = {}
     count = 0
     metrics: dict[str, float] = {}
     stop = state.completed_steps >= max_steps
+    out_of_time = False
     nonfinite_local = False
     while not stop and state.epoch < num_epochs:
         sampler.start_epoch(state.epoch)
@@ -208,6 +207,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         loader = train_loader
         if state.batches_in_epoch:
             loader = accelerator.skip_first_batches(train_loader, state.batches_in_epoch)
+        epoch_done = False
         for batch in loader:
             with accelerator.accumulate(model):
                 try:
@@ -228,11 +228,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 skip = False
                 if accelerator.sync_gradients:
                     flags = torch.tensor(
-                        [float(nonfinite_local or (grad_norm is not None and not torch.isfinite(grad_norm))), 0.0],
+                        [float(nonfinite_local or (grad_norm is not None and not torch.isfinite(grad_norm))),
+                         float(progress.out_of_time())],
                         device=accelerator.device,
-                    )
-                    if args.time_budget_minutes is not None:
-                        flags[1] = float(time.monotonic() - started > 60 * args.time_budget_minutes)
+                    )  # fmt: skip
                     flags = accelerator.reduce(flags, "sum") if accelerator.num_processes > 1 else flags
                     skip, out_of_time = bool(flags[0] > 0), bool(flags[1] > 0)
                     nonfinite_local = False
@@ -249,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 continue
             state.completed_steps += 1
             scheduler.step()
-            progress.update(1)
+            progress.advance()
             if skip:
                 state.skipped_steps += 1
                 state.consecutive_skipped += 1
@@ -270,23 +269,32 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 if grad_norm is not None:
                     logs["train/grad_norm"] = float(grad_norm)
                 state.loss_history.append([state.completed_steps, logs["train/loss"]])
-                progress.set_postfix(loss=f"{logs['train/loss']:.3f}")
+                progress.set_loss(logs["train/loss"])
                 if report_to:
                     accelerator.log(logs, step=state.completed_steps)
                 sums, count = {}, 0
-            if checkpoint_every and state.completed_steps % checkpoint_every == 0:
+            # The last batch of the epoch: the epoch counts (and is checkpointed) even when training stops here.
+            epoch_done = state.batches_in_epoch >= batches_per_epoch
+            if epoch_done:
+                state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+            if (checkpoint_every and state.completed_steps % checkpoint_every == 0) or (
+                epoch_done and args.checkpointing_steps == "epoch"
+            ):
                 checkpoint()
             if state.completed_steps >= max_steps or out_of_time:
                 stop = True
                 break
-        else:
-            state.epoch += 1
-            state.batches_in_epoch = 0
-            if args.checkpointing_steps == "epoch":
-                checkpoint()
-            if args.eval_every_epochs and state.epoch % args.eval_every_epochs == 0 and state.epoch < num_epochs:
-                metrics = _evaluate(model, val_loader, processor, accelerator, args, state, report_to)
+        if epoch_done and not stop and args.eval_every_epochs and state.epoch % args.eval_every_epochs == 0:
+            metrics = _evaluate(model, val_loader, processor, accelerator, args, state, report_to)
     progress.close()
+    train_seconds = progress.elapsed()
+    if out_of_time:
+        logger.info(
+            "the time budget of %g minutes ended training after %d of %d steps (epoch %d, %.0f s)",
+            args.time_budget_minutes, state.completed_steps, max_steps, state.epoch, train_seconds,
+        )  # fmt: skip
+    else:
+        logger.info("training ended after %d steps (%d epochs, %.0f s)", state.completed_steps, state.epoch, train_seconds)
 
     final_predictions: list = []
     metrics = _evaluate(model, val_loader, processor, accelerator, args, state, report_to, final_predictions)
@@ -298,8 +306,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         train_results = {
             "completed_steps": state.completed_steps,
             "epochs": state.epoch,
+            "stopped_by": "time budget" if out_of_time else "max_train_steps",
             "skipped_nonfinite_steps": state.skipped_steps,
-            "train_seconds": time.monotonic() - started,
+            "train_seconds": train_seconds,
             "num_processes": accelerator.num_processes,
             "unreadable_images": train_set.unreadable_images,
             "fixed_boxes": train_set.fixed_boxes,
@@ -310,9 +319,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         # Final validation detections in original pixels, keyed by validation row.
         (output_dir / "eval_predictions.json").write_text(json.dumps(dict(final_predictions)))
         if args.push_to_hub:
-            repo_id = args.hub_model_id or output_dir.name
-            unwrapped.push_to_hub(repo_id)
-            processor.push_to_hub(repo_id)
+            repo_id = push_trained_model(
+                model=unwrapped, processor=processor, repo_id=args.hub_model_id or output_dir.name,
+                settings={**settings, "results": train_results}, metrics=metrics,
+                dataset_id=hub_dataset_id(args.dataset_name), token=args.hub_token, private=args.hub_private_repo,
+            )  # fmt: skip
+            logger.info("pushed model, processor and model card to %s", repo_id)
     accelerator.end_training()
     return metrics
 

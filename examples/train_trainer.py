@@ -1,7 +1,11 @@
 """Train detr_hf with the Hugging Face Trainer (same data, model options and COCO mAP as examples/train.py).
 
     python examples/train_trainer.py --output_dir outputs/trainer --num_train_epochs 10
-    python examples/train_trainer.py --use_cpu --max_steps 50        # force CPU
+    python examples/train_trainer.py --use_cpu --max_train_steps 50        # force CPU
+
+Recipes, flags and their values are shared with examples/train.py (`--recipe`, `--max_train_steps`,
+`--lr_scheduler`, `--resume_from_checkpoint latest`, `--push_to_hub`, ...); `training_config.json` records
+the resolved settings.
 
 The Trainer needs `remove_unused_columns=False` (label dicts are not model columns), the processor-based
 collator, and `eval_do_concat_batches=False` so `compute_metrics` sees per-batch predictions for COCO mAP.
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,10 +23,16 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
 
 from detr_hf.coco_evaluation import compute_coco_map
-from detr_hf.training import DetectionCollator, build_param_groups, predictions_to_original
-from detr_hf.training.cli import add_data_args, add_model_args, build_datasets, build_model, build_processor
+from detr_hf.training import DetectionCollator, build_lr_lambda, build_param_groups, predictions_to_original
+from detr_hf.training.cli import build_datasets, build_model, build_processor, make_parser, parse_and_resolve
+from detr_hf.training.publish import hub_dataset_id, push_trained_model
+from detr_hf.training.recipes import lr_drop_step_for
+from detr_hf.training.run_config import format_settings, plan_steps, run_settings, write_settings
+
+logger = logging.getLogger("detr_hf.train_trainer")
 
 # Output fields that are not predictions: left out of what the Trainer collects at evaluation.
 IGNORE_KEYS = [
@@ -31,32 +42,31 @@ IGNORE_KEYS = [
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_args(parser)
-    add_model_args(parser)
-    parser.add_argument("--output_dir", default="outputs/detr_hf_trainer")
-    parser.add_argument("--learning_rate", type=float, default=2e-4)
-    parser.add_argument("--backbone_learning_rate", type=float, default=None, help="default: --learning_rate")
-    parser.add_argument("--weight_decay", type=float, default=1e-4)
-    parser.add_argument("--max_grad_norm", type=float, default=0.1)
-    parser.add_argument("--lr_scheduler_type", default="constant", help="any transformers scheduler name")
-    parser.add_argument("--warmup_steps", type=int, default=0)
-    parser.add_argument("--per_device_train_batch_size", type=int, default=8)
-    parser.add_argument("--per_device_eval_batch_size", type=int, default=16)
-    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    parser.add_argument("--num_train_epochs", type=float, default=10)
-    parser.add_argument("--max_steps", type=int, default=-1)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--use_cpu", action="store_true")
-    parser.add_argument("--logging_steps", type=int, default=20)
-    parser.add_argument("--save_strategy", default="epoch", choices=("no", "epoch", "steps"))
-    parser.add_argument("--eval_strategy", default="epoch", choices=("no", "epoch", "steps"))
-    parser.add_argument("--report_to", default="none")
-    parser.add_argument("--dataloader_num_workers", type=int, default=0)
-    parser.add_argument("--resume_from_checkpoint", default=None)
-    parser.add_argument("--push_to_hub", action="store_true")
-    parser.add_argument("--hub_model_id", default=None)
-    return parser.parse_args(argv)
+    parser = make_parser(__doc__, output_dir="outputs/detr_hf_trainer", report_to="none")
+    trainer = parser.add_argument_group("Trainer script")
+    trainer.add_argument("--use_cpu", action="store_true")
+    trainer.add_argument("--save_strategy", default="epoch", choices=("no", "epoch", "steps"))
+    trainer.add_argument("--save_steps", type=int, default=500, help="with --save_strategy steps")
+    trainer.add_argument("--eval_strategy", default="epoch", choices=("no", "epoch", "steps"))
+    trainer.add_argument("--eval_steps", type=int, default=None, help="with --eval_strategy steps")
+    trainer.add_argument("--checkpoints_total_limit", type=int, default=2)
+    return parse_and_resolve(parser, argv)
+
+
+class DetrTrainer(Trainer):
+    """The Trainer with detr_hf's lr schedules (warm-up + constant / step drop / cosine, as examples/train.py)."""
+
+    def __init__(self, *args: Any, lr_lambda_args: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lr_lambda_args = lr_lambda_args
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        if self.lr_scheduler is None:
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer or self.optimizer, build_lr_lambda(total_steps=num_training_steps, **self.lr_lambda_args)
+            )
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
 
 
 class CocoMetrics:
@@ -84,13 +94,23 @@ class CocoMetrics:
         return compute_coco_map(predictions, references)
 
 
+def _resume_path(args: argparse.Namespace) -> str | None:
+    if args.resume_from_checkpoint != "latest":
+        return args.resume_from_checkpoint
+    found = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    if found is None:
+        logger.warning("no checkpoint in %s: starting from scratch", args.output_dir)
+    return found
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
     train_set, val_set, class_names = build_datasets(args, args.seed)
     processor = build_processor(args)
-    model = build_model(args, class_names)
-    backbone_lr = args.learning_rate if args.backbone_learning_rate is None else args.backbone_learning_rate
-    optimizer = torch.optim.AdamW(build_param_groups(model, args.learning_rate, backbone_lr, args.weight_decay))
+    model = build_model(args, class_names, train_set)
+    optimizer = torch.optim.AdamW(
+        build_param_groups(model, args.learning_rate, args.backbone_learning_rate, args.weight_decay)
+    )
     training_args = TrainingArguments(
         output_dir=args.output_dir,
         remove_unused_columns=False,
@@ -98,24 +118,42 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         learning_rate=args.learning_rate,
         weight_decay=args.weight_decay,
         max_grad_norm=args.max_grad_norm,
-        lr_scheduler_type=args.lr_scheduler_type,
-        warmup_steps=args.warmup_steps,
         per_device_train_batch_size=args.per_device_train_batch_size,
         per_device_eval_batch_size=args.per_device_eval_batch_size,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
-        num_train_epochs=args.num_train_epochs,
-        max_steps=args.max_steps,
+        dataloader_drop_last=True,  # as examples/train.py
         seed=args.seed,
         use_cpu=args.use_cpu,
         logging_steps=args.logging_steps,
         save_strategy=args.save_strategy,
+        save_steps=args.save_steps,
+        save_total_limit=args.checkpoints_total_limit,
         eval_strategy=args.eval_strategy,
+        eval_steps=args.eval_steps,
         report_to=args.report_to,
         dataloader_num_workers=args.dataloader_num_workers,
-        push_to_hub=args.push_to_hub,
-        hub_model_id=args.hub_model_id,
     )
-    trainer = Trainer(
+    global_batch = args.per_device_train_batch_size * training_args.world_size
+    if len(train_set) < global_batch:
+        raise ValueError(f"the train split ({len(train_set)} images) is smaller than one global batch ({global_batch})")
+    steps_per_epoch, max_steps, num_epochs = plan_steps(
+        len(train_set) // global_batch, args.gradient_accumulation_steps, args.num_train_epochs, args.max_train_steps
+    )
+    training_args.max_steps = max_steps  # the step count printed below is the one the Trainer runs
+    lr_drop_step = lr_drop_step_for(args, max_steps)
+    settings = run_settings(
+        args=args, model=model, processor=processor, class_names=class_names, num_train_images=len(train_set),
+        num_val_images=len(val_set), steps_per_epoch=steps_per_epoch, max_steps=max_steps, num_epochs=num_epochs,
+        lr_drop_step=lr_drop_step, num_processes=training_args.world_size,
+    )  # fmt: skip
+    if training_args.process_index == 0:
+        logger.info("resolved settings:\n%s", format_settings(settings))
+        write_settings(settings, args.output_dir)
+        if args.print_config_only:
+            processor.save_pretrained(args.output_dir)
+    if args.print_config_only:
+        return {}
+    trainer = DetrTrainer(
         model=model,
         args=training_args,
         train_dataset=train_set,
@@ -124,19 +162,29 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         compute_metrics=CocoMetrics(processor),
         optimizers=(optimizer, None),
         processing_class=processor,
-    )
+        lr_lambda_args=dict(
+            schedule=args.lr_scheduler, warmup_steps=args.warmup_steps, lr_drop_step=lr_drop_step,
+            lr_drop_factor=args.lr_drop_factor,
+        ),
+    )  # fmt: skip
     # Our loss ignores `num_items_in_batch`: let the Trainer scale it for gradient accumulation itself.
     trainer.model_accepts_loss_kwargs = False
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint, ignore_keys_for_eval=IGNORE_KEYS)
+    trainer.train(resume_from_checkpoint=_resume_path(args), ignore_keys_for_eval=IGNORE_KEYS)
     metrics = trainer.evaluate(ignore_keys=IGNORE_KEYS)
     trainer.save_model(args.output_dir)
-    processor.save_pretrained(args.output_dir)
     if trainer.is_world_process_zero():
+        processor.save_pretrained(args.output_dir)
         Path(args.output_dir, "eval_results.json").write_text(json.dumps(metrics, indent=2))
-    if args.push_to_hub:
-        trainer.push_to_hub()
+        if args.push_to_hub:
+            repo_id = push_trained_model(
+                model=trainer.model, processor=processor, repo_id=args.hub_model_id or Path(args.output_dir).name,
+                settings=settings, metrics=metrics, dataset_id=hub_dataset_id(args.dataset_name),
+                token=args.hub_token, private=args.hub_private_repo,
+            )  # fmt: skip
+            logger.info("pushed model, processor and model card to %s", repo_id)
     return metrics
 
 
 if __name__ == "__main__":
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     main(sys.argv[1:])

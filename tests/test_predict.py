@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -47,7 +48,8 @@ def test_predict_writes_json_and_pngs(tmp_path, model_dir):
             x0, y0, x1, y1 = det["box"]
             assert 0 <= x0 <= x1 <= width and 0 <= y0 <= y1 <= height
             assert det["label"] == ["square", "circle", "triangle"][det["label_id"]]
-    drawn = Image.open(tmp_path / "out" / "b.png")
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["a_png.png", "b_jpg.png", "c_png.png"]
+    drawn = Image.open(tmp_path / "out" / "b_jpg.png")
     assert drawn.size == (120, 80)
     original = Image.open(folder / "b.jpg").convert("RGB")
     assert list(drawn.convert("RGB").getdata()) != list(original.getdata())  # boxes were drawn
@@ -56,3 +58,34 @@ def test_predict_writes_json_and_pngs(tmp_path, model_dir):
 def test_predict_rejects_missing_inputs(tmp_path, model_dir):
     with pytest.raises(ValueError, match="neither an image file nor a folder"):
         load_script("predict").main([str(tmp_path / "nope.png"), "--model", str(model_dir)])
+
+
+def test_no_output_replaces_another(tmp_path, model_dir):
+    """photo.jpg and photo.png give two pictures; the same name from another folder a third; a file named
+    twice is predicted once."""
+    data = make_synthetic_dataset(3, image_size=320, seed=4)
+    first, second = tmp_path / "one", tmp_path / "two"
+    first.mkdir()
+    second.mkdir()
+    data[0]["image"].save(first / "photo.jpg")
+    data[1]["image"].resize((400, 300)).save(first / "photo.png")
+    data[2]["image"].resize((300, 500)).save(second / "photo.jpg")
+    out = tmp_path / "out"
+    results = load_script("predict").main(
+        [str(first), str(second), str(first / "photo.jpg"), "--model", str(model_dir), "--output_dir", str(out)]
+    )
+    assert len(results) == 3
+    drawn = {p.name: Image.open(p).size for p in out.glob("*.png")}
+    assert drawn == {"photo_jpg.png": (320, 320), "photo_png.png": (400, 300), "photo_jpg-2.png": (300, 500)}
+
+
+def test_sixteen_bit_greyscale_is_drawn_scaled_not_white(tmp_path, model_dir):
+    ramp = (np.linspace(0, 65535, 400 * 300).reshape(300, 400)).astype(np.uint16)
+    path = tmp_path / "depth.png"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode.startswith("I")
+    out = tmp_path / "out"
+    load_script("predict").main([str(path), "--model", str(model_dir), "--output_dir", str(out), "--threshold", "1"])
+    drawn = np.asarray(Image.open(out / "depth_png.png").convert("L"), dtype=np.float64)
+    expected = ramp / 65535 * 255
+    assert np.abs(drawn - expected).max() <= 1.0

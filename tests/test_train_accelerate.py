@@ -154,7 +154,7 @@ def test_bad_rows_are_skipped_or_repaired_with_counts(train_script, tmp_path, ca
     _bad_rows_dataset(data_dir)
     out = tmp_path / "run"
     argv = [
-        *TINY_MODEL_ARGS, "--dataset_name", str(data_dir), "--output_dir", str(out),
+        *TINY_MODEL_ARGS, "--recipe", "demo", "--dataset_name", str(data_dir), "--output_dir", str(out),
         "--per_device_train_batch_size", "5", "--num_train_epochs", "2", "--checkpointing_steps", "no",
     ]  # fmt: skip
     with caplog.at_level("WARNING"):
@@ -220,3 +220,41 @@ def test_two_process_run_matches_one_process_evaluation(tmp_path):
     for key in ("AP", "AP50", "AP75", "AR1", "AR10", "AR100"):
         assert ddp[key] == pytest.approx(single[key], abs=1e-6), key
     assert np.isfinite(ddp["eval_loss"])
+
+
+def _short_run(out: Path, *extra: str) -> list[str]:
+    return [
+        *TINY_MODEL_ARGS, "--output_dir", str(out), "--synthetic_train_size", "8", "--synthetic_val_size", "4",
+        "--per_device_train_batch_size", "4", "--eval_every_epochs", "0", "--checkpointing_steps", "epoch",
+        "--checkpoints_total_limit", "0", *extra,
+    ]  # fmt: skip
+
+
+def test_a_run_ending_on_an_epoch_boundary_counts_and_checkpoints_that_epoch(train_script, tmp_path):
+    out = tmp_path / "run"
+    train_script.main(_short_run(out, "--max_train_steps", "4"))  # 2 steps per epoch: ends with epoch 2
+    results = json.loads((out / "train_results.json").read_text())
+    assert results["completed_steps"] == 4 and results["epochs"] == 2 and results["stopped_by"] == "max_train_steps"
+    marker = json.loads((out / "checkpoints" / "step_00000004" / COMPLETE_MARKER).read_text())
+    assert marker == {"step": 4, "epoch": 2, "batches_in_epoch": 0}
+    assert (out / "checkpoints" / "step_00000002").is_dir()
+
+
+def test_the_time_budget_ends_training_and_says_so(train_script, tmp_path, monkeypatch, caplog):
+    # The budget runs out after the 2nd step, the last batch of epoch 1: that epoch counts and is checkpointed.
+    calls = {"n": 0}
+
+    def out_of_time(self):
+        calls["n"] += 1
+        return calls["n"] >= 2
+
+    monkeypatch.setattr(train_script.TrainProgress, "out_of_time", out_of_time)
+    out = tmp_path / "run"
+    with caplog.at_level("INFO"):
+        train_script.main(_short_run(out, "--max_train_steps", "100", "--time_budget_minutes", "5"))
+    results = json.loads((out / "train_results.json").read_text())
+    assert results["completed_steps"] == 2 and results["epochs"] == 1 and results["stopped_by"] == "time budget"
+    assert "the time budget of 5 minutes ended training after 2 of 100 steps (epoch 1" in caplog.text
+    assert json.loads((out / "checkpoints" / "step_00000002" / COMPLETE_MARKER).read_text())["epoch"] == 1
+    settings = json.loads((out / "training_config.json").read_text())
+    assert settings["steps"]["stops_at"] == "100 steps or 5 minutes, whichever first"

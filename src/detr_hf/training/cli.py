@@ -9,15 +9,22 @@ from typing import Any
 import datasets
 
 from detr_hf.configuration_detr_hf import DetrHfConfig
+from detr_hf.data.coco_folder import coco_category_ids
 from detr_hf.data.transforms import build_eval_transform, build_train_transform
 from detr_hf.image_processing_detr_hf import DetrHfImageProcessor
 from detr_hf.modeling_detr_hf import DetrHfForObjectDetection
+from detr_hf.training.class_head import plan_head_transfer, transfer_class_head
 from detr_hf.training.data import DetectionDataset, check_categories, class_names_of, load_detection_splits
+from detr_hf.training.optim import SCHEDULES
+from detr_hf.training.recipes import RECIPES, resolve_recipe
 
 __all__ = [
     "DEMO_BACKBONE",
     "add_data_args",
     "add_model_args",
+    "add_training_args",
+    "make_parser",
+    "parse_and_resolve",
     "build_datasets",
     "build_model",
     "build_processor",
@@ -26,19 +33,22 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEMO_BACKBONE = "resnet10t"
-# The published COCO recipe, switched on by --coco_recipe.
-_COCO_RECIPE = dict(
-    eval_size=800,
-    max_size=1333,
-    train_scales="480,512,544,576,608,640,672,704,736,768,800",
-    crop_size_range="384,600",
-    crop_resize_scales="400,500,600",
-    augmentation="detr",
-)
 
 
 def _ints(text: str) -> list[int]:
     return [int(v) for v in str(text).split(",") if v.strip()]
+
+
+def make_parser(description: str | None, *, output_dir: str, report_to: str) -> argparse.ArgumentParser:
+    """The parser both training scripts start from (data, model, recipe, optimisation and run flags);
+    abbreviated flags are refused."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    add_data_args(parser)
+    add_model_args(parser)
+    add_training_args(parser, output_dir=output_dir, report_to=report_to)
+    return parser
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -52,38 +62,44 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--synthetic_train_size", type=int, default=4000)
     group.add_argument("--synthetic_val_size", type=int, default=250)
     group.add_argument("--synthetic_image_size", type=int, default=64)
-    group.add_argument(
-        "--augmentation", choices=("detr", "flip", "none"), default="flip",
+    sizes = parser.add_argument_group("image sizes and augmentation (default: the recipe's)")
+    sizes.add_argument(
+        "--augmentation", choices=("detr", "flip", "none"), default=None,
         help="detr: flip + multi-scale resize / resize-crop-resize; flip: flip + eval resize; none: eval resize",
     )  # fmt: skip
-    group.add_argument("--eval_size", type=int, default=64, help="shortest side at evaluation (and inference)")
-    group.add_argument("--max_size", type=int, default=96, help="longest side cap")
-    group.add_argument("--train_scales", default="56,60,64,68,72", help="shortest sides for --augmentation detr")
-    group.add_argument("--crop_size_range", default="40,64", help="min,max crop side for --augmentation detr")
-    group.add_argument("--crop_resize_scales", default="48,56,64", help="pre-crop shortest sides (detr)")
-    group.add_argument(
-        "--coco_recipe", action="store_true",
-        help=f"use the published COCO sizes and augmentation: {_COCO_RECIPE}",
-    )  # fmt: skip
+    sizes.add_argument("--eval_size", type=int, default=None, help="shortest side at evaluation (and inference)")
+    sizes.add_argument("--max_size", type=int, default=None, help="longest side cap")
+    sizes.add_argument("--train_scales", default=None, help="shortest sides for --augmentation detr, e.g. 480,512")
+    sizes.add_argument("--crop_size_range", default=None, help="min,max crop side for --augmentation detr")
+    sizes.add_argument("--crop_resize_scales", default=None, help="pre-crop shortest sides (detr)")
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model (default: the demo-sized DETR)")
-    group.add_argument("--model_name_or_path", default=None, help="detr_hf folder or Hub id to start from")
-    group.add_argument("--backbone", default=DEMO_BACKBONE, help="any timm model name (fresh model)")
+    group = parser.add_argument_group("model (default: the recipe's; with --model_name_or_path: the checkpoint's)")
+    group.add_argument(
+        "--model_name_or_path", default=None,
+        help="detr_hf (or transformers DETR) folder or Hub id to fine-tune; its architecture, processor and labels are kept",
+    )  # fmt: skip
+    group.add_argument("--backbone", default=None, help="any timm model name (fresh model)")
     group.add_argument(
         "--backbone_out_indices", default=None,
-        help="timm out_indices, e.g. '2' (stride 8 on ResNets); default: 2 for resnet10t, the last stage otherwise",
+        help="timm out_indices, e.g. '2' (stride 8 on ResNets); default: the last stage (demo: 2)",
     )  # fmt: skip
-    group.add_argument("--pretrained_backbone", action="store_true", help="timm's pretrained weights (its source)")
+    group.add_argument(
+        "--pretrained_backbone", action="store_true", default=None, help="timm's pretrained weights (its source)"
+    )  # fmt: skip
+    group.add_argument(
+        "--no_pretrained_backbone", action="store_false", dest="pretrained_backbone",
+        help="a randomly initialised backbone (no download)",
+    )  # fmt: skip
     group.add_argument("--backbone_weights", default=None, help="local timm weights file for the backbone")
-    group.add_argument("--d_model", type=int, default=128)
-    group.add_argument("--encoder_layers", type=int, default=2)
-    group.add_argument("--decoder_layers", type=int, default=2)
-    group.add_argument("--num_heads", type=int, default=4)
-    group.add_argument("--ffn_dim", type=int, default=512)
-    group.add_argument("--num_queries", type=int, default=10)
-    group.add_argument("--dropout", type=float, default=0.0)
+    group.add_argument("--d_model", type=int, default=None)
+    group.add_argument("--encoder_layers", type=int, default=None)
+    group.add_argument("--decoder_layers", type=int, default=None)
+    group.add_argument("--num_heads", type=int, default=None)
+    group.add_argument("--ffn_dim", type=int, default=None)
+    group.add_argument("--num_queries", type=int, default=None)
+    group.add_argument("--dropout", type=float, default=None, help="also allowed when fine-tuning")
     group.add_argument("--no_aux_loss", action="store_true", help="turn off the auxiliary decoder losses")
     extra = parser.add_argument_group("training-only queries (inference stays plain DETR; see training_queries.py)")
     extra.add_argument("--num_query_groups", type=int, default=1, help="Group DETR query groups (1 = off)")
@@ -92,36 +108,109 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     extra.add_argument("--denoising_label_noise_ratio", type=float, default=0.2)
 
 
+def add_training_args(parser: argparse.ArgumentParser, output_dir: str, report_to: str) -> None:
+    """Recipe, optimisation and run flags shared (same names, same meaning) by both training scripts."""
+    recipe = parser.add_argument_group("recipe")
+    recipe.add_argument(
+        "--recipe", default=None,
+        help=f"preset for every flag not given: {', '.join(RECIPES)} (default: finetune with --model_name_or_path, "
+        "detr-r50 with --dataset_name/--coco_dir, demo otherwise)",
+    )  # fmt: skip
+    recipe.add_argument("--coco_recipe", action="store_true", help="deprecated alias of --recipe detr-r50")
+    recipe.add_argument(
+        "--print_config_only", action="store_true",
+        help="resolve the settings, print them, write training_config.json and the processor, and stop",
+    )  # fmt: skip
+    opt = parser.add_argument_group("optimisation (default: the recipe's)")
+    opt.add_argument("--learning_rate", type=float, default=None)
+    opt.add_argument("--backbone_learning_rate", type=float, default=None)
+    opt.add_argument("--weight_decay", type=float, default=None)
+    opt.add_argument("--max_grad_norm", type=float, default=None, help="gradient clipping (L2); 0 = off")
+    opt.add_argument("--lr_scheduler", "--lr_scheduler_type", choices=SCHEDULES, default=None)
+    opt.add_argument("--warmup_steps", type=int, default=None)
+    opt.add_argument(
+        "--lr_drop_step", type=int, default=None, help="step schedule: optimiser step of the drop (default: 2/3 of the run)"
+    )  # fmt: skip
+    opt.add_argument("--lr_drop_factor", type=float, default=None)
+    opt.add_argument("--per_device_train_batch_size", type=int, default=None)
+    opt.add_argument("--per_device_eval_batch_size", type=int, default=None)
+    opt.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    opt.add_argument("--num_train_epochs", type=int, default=None)
+    opt.add_argument(
+        "--max_train_steps", "--max_steps", type=int, default=None, help="optimiser steps; overrides --num_train_epochs"
+    )  # fmt: skip
+    run = parser.add_argument_group("run")
+    run.add_argument("--output_dir", default=output_dir)
+    run.add_argument("--seed", type=int, default=42)
+    run.add_argument("--dataloader_num_workers", type=int, default=0)
+    run.add_argument("--logging_steps", type=int, default=20)
+    run.add_argument("--report_to", default=report_to, help="tracker name (e.g. tensorboard), or 'none'")
+    run.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder")
+    run.add_argument("--push_to_hub", action="store_true", help="push model, processor and model card at the end")
+    run.add_argument("--hub_model_id", default=None, help="repo id (default: the output folder's name)")
+    run.add_argument("--hub_token", default=None, help="default: the token huggingface_hub finds (HF_TOKEN, login)")
+    run.add_argument("--hub_private_repo", action="store_true")
+
+
 def training_query_options(args: argparse.Namespace) -> dict[str, Any]:
     """The config fields of the training-only queries (--num_query_groups, --num_denoising_groups, noise)."""
     names = ("num_query_groups", "num_denoising_groups", "denoising_box_noise_scale", "denoising_label_noise_ratio")
     return {name: getattr(args, name) for name in names}
 
 
-def apply_recipe(args: argparse.Namespace) -> argparse.Namespace:
-    if getattr(args, "coco_recipe", False):
-        for key, value in _COCO_RECIPE.items():
-            setattr(args, key, value)
+def _checkpoint_processor(path: str) -> DetrHfImageProcessor | None:
+    """The checkpoint's processor; None (logged) when it has none or one detr_hf cannot read."""
+    try:
+        return DetrHfImageProcessor.from_pretrained(path)
+    except OSError:
+        return None
+    except (ValueError, TypeError, KeyError) as error:
+        return _foreign_processor(path, error)
+
+
+def _foreign_processor(path: str, error: Exception) -> DetrHfImageProcessor | None:
+    """A detr_hf processor with the resize and normalisation of another DETR processor config (transformers'
+    DetrImageProcessor: `size` 800 + `max_size` 1333, or a size dict)."""
+    found, _ = DetrHfImageProcessor.get_image_processor_dict(path)
+    size = found.get("size")
+    if isinstance(size, int):
+        size = {"shortest_edge": size, "longest_edge": int(found.get("max_size") or round(size * 1333 / 800))}
+    if not isinstance(size, dict) or "shortest_edge" not in size:
+        logger.warning("the image processor of %s is not readable by detr_hf (%s); using a new one", path, error)
+        return None
+    kwargs = {key: found[key] for key in ("image_mean", "image_std", "do_normalize") if key in found}
+    logger.info("%s: %s taken over as a detr_hf processor (size %s)", path, found.get("image_processor_type"), size)
+    return DetrHfImageProcessor(size=dict(size), **kwargs)
+
+
+def parse_and_resolve(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, then fill unset flags from the recipe; a bad combination is a usage error before anything runs."""
+    args = parser.parse_args(argv)
+    try:
+        processor = _checkpoint_processor(args.model_name_or_path) if args.model_name_or_path else None
+        resolve_recipe(args, processor.size if processor is not None else None)
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 
 def build_processor(args: argparse.Namespace) -> DetrHfImageProcessor:
-    """The model's processor (from --model_name_or_path when it has one), resizing like the eval transform."""
-    processor = None
-    if args.model_name_or_path:
-        try:
-            processor = DetrHfImageProcessor.from_pretrained(args.model_name_or_path)
-        except OSError:
-            logger.info("%s has no image processor; using a new one", args.model_name_or_path)
+    """The checkpoint's processor (sizes and normalisation kept unless --eval_size/--max_size say otherwise),
+    or a new one resizing like the evaluation transform."""
+    processor = _checkpoint_processor(args.model_name_or_path) if args.model_name_or_path else None
+    size = {"shortest_edge": int(args.eval_size), "longest_edge": int(args.max_size)}
     if processor is None:
-        processor = DetrHfImageProcessor()
-    processor.size = {"shortest_edge": int(args.eval_size), "longest_edge": int(args.max_size)}
+        if args.model_name_or_path:
+            logger.info("%s has no image processor; using a new one at %s", args.model_name_or_path, size)
+        return DetrHfImageProcessor(size=size)
+    if args.explicit_sizes and dict(processor.size) != size:
+        logger.info("processor size %s -> %s (--eval_size/--max_size)", dict(processor.size), size)
+        processor.size = size
     return processor
 
 
 def build_datasets(args: argparse.Namespace, seed: int) -> tuple[DetectionDataset, DetectionDataset, list[str]]:
     """(train, validation, class names); categories are checked before any training step."""
-    apply_recipe(args)
     train_raw, val_raw = load_detection_splits(
         dataset_name=args.dataset_name,
         dataset_config=args.dataset_config,
@@ -161,23 +250,57 @@ def wrap_splits(
     return train, val, names
 
 
-def build_model(args: argparse.Namespace, class_names: list[str]) -> DetrHfForObjectDetection:
-    """A detr_hf model for `class_names`: from --model_name_or_path (new heads if the label set differs)
-    or a fresh model from the size options."""
+def _coco_ids_of(dataset: Any) -> list[int] | None:
+    """The COCO category id of each label when the training data is a COCO folder, else None."""
+    try:
+        return coco_category_ids(getattr(dataset, "dataset", dataset))
+    except (ValueError, AttributeError, TypeError):
+        return None
+
+
+def _fine_tuned_model(
+    args: argparse.Namespace, class_names: list[str], category_ids: list[int] | None
+) -> DetrHfForObjectDetection:
+    """The checkpoint with a class head for `class_names`: rows of known classes and the no-object row kept."""
+    # Training-only settings follow detr_hf's recipe (transformers' configs carry auxiliary_loss=False).
+    overrides: dict[str, Any] = {"auxiliary_loss": not args.no_aux_loss, **training_query_options(args)}
+    if args.dropout is not None:
+        overrides.update(dropout=args.dropout, attention_dropout=args.dropout, activation_dropout=args.dropout)
+    source = DetrHfForObjectDetection.from_pretrained(args.model_name_or_path)
+    old_id2label = dict(source.config.id2label)
+    plan = plan_head_transfer(old_id2label, class_names, category_ids)
+    if plan.identical and len(old_id2label) == len(class_names):
+        logger.info("class head: the checkpoint's %d classes are the dataset's; kept unchanged", len(class_names))
+        del source
+        return DetrHfForObjectDetection.from_pretrained(args.model_name_or_path, **overrides)
+    old_weight = source.class_labels_classifier.weight.detach().clone()
+    old_bias = source.class_labels_classifier.bias.detach().clone()
+    del source
+    id2label = dict(enumerate(class_names))
+    model = DetrHfForObjectDetection.from_pretrained(
+        args.model_name_or_path,
+        id2label=id2label,
+        label2id={name: i for i, name in id2label.items()},
+        ignore_mismatched_sizes=True,
+        **overrides,
+    )
+    model.class_labels_classifier.reset_parameters()  # fresh rows even when the row count did not change
+    transfer_class_head(model.class_labels_classifier, old_weight, old_bias, plan)
+    logger.info(plan.describe(len(old_id2label)))
+    return model
+
+
+def build_model(
+    args: argparse.Namespace, class_names: list[str], train_set: Any = None
+) -> DetrHfForObjectDetection:
+    """A detr_hf model for `class_names`: --model_name_or_path with its class head mapped onto the new labels
+    (`train_set` gives a COCO folder's category ids for a COCO-indexed head), or a fresh model from the
+    resolved size options."""
+    if args.model_name_or_path:
+        return _fine_tuned_model(args, class_names, _coco_ids_of(train_set) if train_set is not None else None)
     id2label = dict(enumerate(class_names))
     label2id = {name: i for i, name in id2label.items()}
-    if args.model_name_or_path:
-        return DetrHfForObjectDetection.from_pretrained(
-            args.model_name_or_path,
-            num_labels=len(class_names),
-            id2label=id2label,
-            label2id=label2id,
-            ignore_mismatched_sizes=True,
-            **training_query_options(args),
-        )
     out_indices = args.backbone_out_indices
-    if out_indices is None and args.backbone == DEMO_BACKBONE:
-        out_indices = "2"
     backbone_kwargs = {"out_indices": _ints(out_indices)} if out_indices is not None else {}
     config = DetrHfConfig(
         backbone=args.backbone,
