@@ -22,6 +22,7 @@ from .tracing import is_tracing
 from .training_queries import TrainingQueries, TrainingQueryLayout
 from .training_query_loss import training_query_loss
 from .transformer import DetrHfDecoder, DetrHfEncoder, TransformerLinear
+from .transformers_checkpoint import load_converted
 
 
 @dataclass
@@ -115,8 +116,11 @@ class DetrHfPreTrainedModel(PreTrainedModel):
         # Weights only from safetensors: a pytorch_model.bin is a pickle. `use_safetensors=False` opts in.
         safetensors_only = kwargs.setdefault("use_safetensors", True)
         source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        # A transformers DETR (config.json model_type "detr", folder or Hub id) is converted while loading.
+        model = load_converted(cls, super().from_pretrained, source, args[1:], kwargs)
         try:
-            model = super().from_pretrained(*args, **kwargs)
+            if model is None:
+                model = super().from_pretrained(*args, **kwargs)
         except SafetensorError as error:
             raise OSError(
                 f"unreadable safetensors file {_unreadable_safetensors(source)}: {error}"
