@@ -51,7 +51,9 @@ def transformers_detr(
     if timm_layout:
         backbone_options = dict(use_timm_backbone=True, backbone=backbone, dilation=dilation)
     else:
-        backbone_options = dict(backbone_config={"model_type": "resnet", "out_features": ["stage4"], **HF_RESNETS[backbone]})
+        backbone_options = dict(
+            backbone_config={"model_type": "resnet", "out_features": ["stage4"], **HF_RESNETS[backbone]}
+        )
     config = DetrConfig(
         num_labels=num_labels, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
         decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, num_queries=10,
@@ -77,4 +79,6 @@ def detection_outputs(model, sizes=BATCH_SIZES) -> dict[str, torch.Tensor]:
 def assert_outputs_close(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], atol=1e-4) -> None:
     assert got["logits"].shape == expected["logits"].shape
     for name in ("logits", "pred_boxes"):
-        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(
+            got[name], expected[name], rtol=0, atol=atol, msg=lambda m, n=name: f"{n}: {m}"
+        )

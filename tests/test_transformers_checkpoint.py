@@ -43,7 +43,9 @@ def test_from_pretrained_converts_transformers_detr(tmp_path, caplog, backbone, 
     assert len(notes) == 1 and f"{backbone} backbone, {num_labels} labels" in notes[0], notes
     assert ours.config.backbone == backbone and ours.config.num_labels == num_labels
     assert ours.config.name_or_path == str(tmp_path / "transformers")
-    assert ours.config.auxiliary_loss is True  # training settings follow detr_hf's recipe, not transformers' False
+    assert (
+        ours.config.auxiliary_loss is True
+    )  # training settings follow detr_hf's recipe, not transformers' False
     if num_labels == 91:
         assert ours.config.id2label == coco_id2label()
     assert_outputs_close(detection_outputs(ours), expected)
@@ -64,7 +66,10 @@ def test_dc5_timm_layout_and_base_model(tmp_path):
 
     base = DetrHfModel.from_pretrained(tmp_path / "dc5").eval()
     torch.testing.assert_close(
-        base.query_position_embeddings.weight, reference.model.query_position_embeddings.weight, rtol=0, atol=0
+        base.query_position_embeddings.weight,
+        reference.model.query_position_embeddings.weight,
+        rtol=0,
+        atol=0,
     )
 
 
@@ -76,7 +81,9 @@ def test_fine_tuning_start_keeps_everything_but_the_class_head(tmp_path):
         tmp_path / "transformers", num_labels=3, id2label=labels, ignore_mismatched_sizes=True
     )
     assert tuned.class_labels_classifier.weight.shape == (4, 64) and tuned.config.id2label == labels
-    torch.testing.assert_close(tuned.bbox_predictor.layers[2].weight, reference.bbox_predictor.layers[2].weight)
+    torch.testing.assert_close(
+        tuned.bbox_predictor.layers[2].weight, reference.bbox_predictor.layers[2].weight
+    )
     frozen = [n for n, p in tuned.model.backbone.body.named_parameters() if not p.requires_grad]
     assert frozen and all(not n.startswith(("layer2", "layer3", "layer4")) for n in frozen)
 
@@ -114,7 +121,9 @@ def test_loopback_hub_ids_load_and_convert(tmp_path):
     """Hub ids (timm layout at main, HF-ResNet layout at revision no_timm): from_pretrained and the CLI."""
     repos = {
         "facebook/detr-tiny": transformers_detr(tmp_path / "timm", backbone="resnet18", num_labels=91),
-        "facebook/detr-tiny-no-timm": transformers_detr(tmp_path / "hf", backbone="resnet18", timm_layout=False),
+        "facebook/detr-tiny-no-timm": transformers_detr(
+            tmp_path / "hf", backbone="resnet18", timm_layout=False
+        ),
     }
     expected = {repo: detection_outputs(model) for repo, model in repos.items()}
     from transformers import DetrImageProcessor
@@ -124,7 +133,9 @@ def test_loopback_hub_ids_load_and_convert(tmp_path):
         for (repo, _), folder in zip(repos.items(), ("timm", "hf")):
             files = {p.name: p.read_bytes() for p in (tmp_path / folder).iterdir()}
             hub.state.repos[repo] = Repo(files=files, commits=[f"{len(hub.state.repos) + 1:040x}"])
-        hub.state.repos["user/yolos"] = Repo(files={"config.json": b'{"model_type": "yolos"}'}, commits=["f" * 40])
+        hub.state.repos["user/yolos"] = Repo(
+            files={"config.json": b'{"model_type": "yolos"}'}, commits=["f" * 40]
+        )
         env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1",
                "HF_HOME": str(tmp_path / "hf_home"), "TRANSFORMERS_OFFLINE": "0"}  # fmt: skip
         done = subprocess.run(

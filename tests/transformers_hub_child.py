@@ -16,12 +16,16 @@ def main(out_dir: str) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     outputs = {
-        "facebook/detr-tiny": detection_outputs(DetrHfForObjectDetection.from_pretrained("facebook/detr-tiny").eval()),
+        "facebook/detr-tiny": detection_outputs(
+            DetrHfForObjectDetection.from_pretrained("facebook/detr-tiny").eval()
+        ),
         "facebook/detr-tiny-no-timm": detection_outputs(
             DetrHfForObjectDetection.from_pretrained("facebook/detr-tiny-no-timm", revision="no_timm").eval()
         ),
     }
-    convert_main(["--from", "transformers", "facebook/detr-tiny-no-timm", str(out / "cli"), "--revision", "no_timm"])
+    convert_main(
+        ["--from", "transformers", "facebook/detr-tiny-no-timm", str(out / "cli"), "--revision", "no_timm"]
+    )
     outputs["cli"] = detection_outputs(DetrHfForObjectDetection.from_pretrained(out / "cli").eval())
     torch.save(outputs, out / "outputs.pt")
     try:
