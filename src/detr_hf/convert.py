@@ -93,14 +93,11 @@ def convert_transformers_checkpoint(
     """
     folder = fetch_transformers_detr(source, allow_pickle=allow_pickle, revision=revision, **hub_options)
     config, converted = read_transformers_detr(folder, allow_pickle=allow_pickle)
-    at = f" (revision {revision})" if revision else ""
-    return _finish(
-        config,
-        converted,
-        dest_dir,
-        source=f"transformers DETR {source}{at}",
-        processor=processor_kwargs(folder),
-    )
+    if Path(source).is_dir():
+        described = f"transformers DETR folder {Path(source).name}"
+    else:
+        described = f"transformers DETR Hub repo {source}" + (f" (revision {revision})" if revision else "")
+    return _finish(config, converted, dest_dir, source=described, processor=processor_kwargs(folder))
 
 
 def is_url(source: str | os.PathLike) -> bool:
