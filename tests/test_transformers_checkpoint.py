@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from detr_hf import DetrHfForObjectDetection, DetrHfModel
 from detr_hf.coco_labels import coco_id2label
@@ -86,6 +87,17 @@ def test_fine_tuning_start_keeps_everything_but_the_class_head(tmp_path):
     )
     frozen = [n for n, p in tuned.model.backbone.body.named_parameters() if not p.requires_grad]
     assert frozen and all(not n.startswith(("layer2", "layer3", "layer4")) for n in frozen)
+
+
+def test_pytorch_model_bin_is_read_only_when_asked(tmp_path):
+    reference = transformers_detr(tmp_path)
+    state_dict = load_file(tmp_path / "model.safetensors")
+    torch.save(state_dict, tmp_path / "pytorch_model.bin")
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="pytorch_model.bin is read only with use_safetensors=False"):
+        DetrHfForObjectDetection.from_pretrained(tmp_path)
+    ours = DetrHfForObjectDetection.from_pretrained(tmp_path, use_safetensors=False).eval()
+    assert_outputs_close(detection_outputs(ours), detection_outputs(reference))
 
 
 def test_not_a_detr_folder_is_one_clear_error(tmp_path):

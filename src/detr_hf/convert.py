@@ -82,17 +82,17 @@ def convert_transformers_checkpoint(
     dest_dir: str | os.PathLike | None = None,
     *,
     revision: str | None = None,
-    allow_pickle: bool = True,
+    read_bin: bool = True,
     **hub_options: Any,
 ) -> DetrHfForObjectDetection:
     """Convert a transformers DETR (`DetrForObjectDetection.save_pretrained` folder, or a Hub id downloaded with
     huggingface_hub at `revision`) into a detr_hf model, saved to `dest_dir` with the source's processor
     sizes and normalisation. transformers is not run. Both backbone layouts (timm, HF ResNet), any ResNet depth.
 
-    allow_pickle: read a pytorch_model.bin (with `weights_only=True`) when there are no safetensors weights.
+    read_bin: read a pytorch_model.bin (with `weights_only=True`) when there are no safetensors weights.
     """
-    folder = fetch_transformers_detr(source, allow_pickle=allow_pickle, revision=revision, **hub_options)
-    config, converted = read_transformers_detr(folder, allow_pickle=allow_pickle)
+    folder = fetch_transformers_detr(source, read_bin=read_bin, revision=revision, **hub_options)
+    config, converted = read_transformers_detr(folder, read_bin=read_bin)
     if Path(source).is_dir():
         described = f"transformers DETR folder {Path(source).name}"
     else:

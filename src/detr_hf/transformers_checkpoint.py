@@ -65,14 +65,12 @@ def check_detr(config: Mapping[str, Any], where: str) -> None:
         )
 
 
-def fetch_transformers_detr(
-    source: str | os.PathLike, *, allow_pickle: bool = False, **hub_options: Any
-) -> Path:
+def fetch_transformers_detr(source: str | os.PathLike, *, read_bin: bool = False, **hub_options: Any) -> Path:
     """A local folder with the config.json, weights and (when present) preprocessor_config.json of a
     transformers DETR: `source` itself if it is a folder, else those files downloaded from the Hub repo `source`
     (huggingface_hub cache; `revision`, `token`, ... as in `hf_hub_download`).
 
-    allow_pickle: fall back to pytorch_model.bin (read with `torch.load(weights_only=True)`) when the repo
+    read_bin: fall back to pytorch_model.bin (read with `torch.load(weights_only=True)`) when the repo
         has no safetensors weights.
     """
     folder = Path(source) / (hub_options.get("subfolder") or "")
@@ -95,7 +93,7 @@ def fetch_transformers_detr(
     names = (
         "model.safetensors",
         "model.safetensors.index.json",
-        *(("pytorch_model.bin",) if allow_pickle else ()),
+        *(("pytorch_model.bin",) if read_bin else ()),
     )
     for name in names:
         try:
@@ -108,7 +106,7 @@ def fetch_transformers_detr(
         return config_file.parent
     raise FileNotFoundError(
         f"Hub repo {repo!r} has no model.safetensors (nor a sharded index)"
-        + ("" if allow_pickle else "; to read its pytorch_model.bin pass use_safetensors=False")
+        + ("" if read_bin else "; to read its pytorch_model.bin pass use_safetensors=False")
     )
 
 
@@ -117,7 +115,7 @@ def _hub_file(repo: str, filename: str, hub_options: Mapping[str, Any]) -> str:
     return hf_hub_download(repo, filename, **options)
 
 
-def read_weights(folder: Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+def read_weights(folder: Path, *, read_bin: bool = False) -> dict[str, torch.Tensor]:
     """The state dict of a transformers folder: model.safetensors, its shards, or (allowed) pytorch_model.bin."""
     single = folder / "model.safetensors"
     if single.is_file():
@@ -128,23 +126,23 @@ def read_weights(folder: Path, *, allow_pickle: bool = False) -> dict[str, torch
         for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
             state_dict.update(load_file(folder / shard))
         return state_dict
-    pickle = folder / "pytorch_model.bin"
-    if allow_pickle and pickle.is_file():
-        return torch.load(pickle, map_location="cpu", weights_only=True)
+    bin_file = folder / "pytorch_model.bin"
+    if read_bin and bin_file.is_file():
+        return torch.load(bin_file, map_location="cpu", weights_only=True)
     raise FileNotFoundError(
         f"{folder} has neither model.safetensors nor model.safetensors.index.json"
-        + (" (its pytorch_model.bin is read only with use_safetensors=False)" if pickle.is_file() else "")
+        + (" (its pytorch_model.bin is read only with use_safetensors=False)" if bin_file.is_file() else "")
     )
 
 
 def read_transformers_detr(
-    folder: str | os.PathLike, *, allow_pickle: bool = False
+    folder: str | os.PathLike, *, read_bin: bool = False
 ) -> tuple[DetrHfConfig, dict[str, torch.Tensor]]:
     """The detr_hf config and detr_hf-named weights of a local transformers DETR folder (transformers is not run)."""
     folder = Path(folder)
     source = json.loads((folder / "config.json").read_text())
     check_detr(source, str(folder / "config.json"))
-    state_dict = to_detr_hf(read_weights(folder, allow_pickle=allow_pickle), "transformers")
+    state_dict = to_detr_hf(read_weights(folder, read_bin=read_bin), "transformers")
     return config_from_transformers(source, state_dict), state_dict
 
 
@@ -205,10 +203,14 @@ def processor_kwargs(folder: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_converted(
-    model_class: type, load: Callable[..., Any], source: Any, args: tuple, kwargs: dict[str, Any]
+    model_class: type,
+    base_from_pretrained: Callable[..., Any],
+    source: Any,
+    args: tuple,
+    kwargs: dict[str, Any],
 ) -> Any | None:
     """`from_pretrained` of a transformers DETR: converted into a temporary detr_hf folder, then loaded from it
-    by `load` (the base `from_pretrained`) with the caller's other options. None if `source` is not one.
+    by `base_from_pretrained` with the caller's other options. None if `source` is not one.
 
     A config.json of any other model type than `model_class`'s raises `ValueError` naming it.
     """
@@ -220,9 +222,9 @@ def load_converted(
     if source_config is None or source_config.get("model_type") in (None, own_type):
         return None
     check_detr(source_config, f"{source!s} ({model_class.__name__}.from_pretrained)")
-    allow_pickle = kwargs.get("use_safetensors") is False
-    folder = fetch_transformers_detr(source, allow_pickle=allow_pickle, **hub_options)
-    config, state_dict = read_transformers_detr(folder, allow_pickle=allow_pickle)
+    read_bin = kwargs.get("use_safetensors") is False
+    folder = fetch_transformers_detr(source, read_bin=read_bin, **hub_options)
+    config, state_dict = read_transformers_detr(folder, read_bin=read_bin)
     with torch.device("meta"):
         expected = model_class(config).state_dict()
     if "class_labels_classifier.weight" not in expected:  # a base model (DetrHfModel) takes no heads
@@ -231,7 +233,12 @@ def load_converted(
         check_exact_fit(expected, {k: v for k, v in state_dict.items() if k.startswith(prefix)})
     else:
         check_exact_fit(expected, state_dict)
-    rest = {k: v for k, v in kwargs.items() if k not in (*HUB_OPTIONS, "pretrained_model_name_or_path")}
+    # The converted folder is local safetensors: where the source came from and its file format no longer apply.
+    rest = {
+        k: v
+        for k, v in kwargs.items()
+        if k not in (*HUB_OPTIONS, "pretrained_model_name_or_path", "use_safetensors")
+    }
     with tempfile.TemporaryDirectory(prefix="detr_hf-converted-") as converted:
         config.save_pretrained(converted)
         save_file(
@@ -239,7 +246,7 @@ def load_converted(
             f"{converted}/model.safetensors",
             {"format": "pt"},
         )
-        model = load(converted, *args, **rest)
+        model = base_from_pretrained(converted, *args, **rest)
     loaded = model[0] if isinstance(model, tuple) else model
     loaded.config._name_or_path = str(source)
     logger.warning(
