@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
+import http.server
 import json
 import re
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -19,25 +23,13 @@ from detr_hf import DetrHfConfig, DetrHfForObjectDetection
 from detr_hf.checkpoint_layouts import CheckpointKeyError, from_detr_hf, to_detr_hf
 from detr_hf.coco_labels import coco_id2label
 from detr_hf.convert import convert_original_checkpoint, convert_transformers_checkpoint
-
-BATCH_SIZES = ((128, 160), (96, 128))  # two images, the second padded
-
-
-def randomize_batch_norm_buffers(model: torch.nn.Module, seed: int = 0) -> None:
-    """Non-trivial frozen-BN statistics and affines (stored as buffers), so a mis-mapped BN is visible."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, buffer in model.named_buffers():
-            if "backbone" not in name:
-                continue
-            if name.endswith("running_var"):
-                buffer.copy_(0.75 + 0.5 * torch.rand(buffer.shape, generator=gen))
-            elif name.endswith("running_mean"):
-                buffer.copy_(0.1 * torch.randn(buffer.shape, generator=gen))
-            elif name.endswith(".weight"):
-                buffer.copy_(0.5 + 0.5 * torch.rand(buffer.shape, generator=gen))
-            elif name.endswith(".bias"):
-                buffer.copy_(0.1 * torch.randn(buffer.shape, generator=gen))
+from detr_references import (
+    BATCH_SIZES,
+    assert_outputs_close,
+    detection_outputs,
+    randomize_batch_norm_buffers,
+    transformers_detr,
+)
 
 
 def small_resnet50_detr(**overrides) -> DetrHfForObjectDetection:
@@ -208,16 +200,6 @@ def test_dc5_from_file_name_and_flag(tmp_path):
     assert by_flag.config.backbone_kwargs == {}
 
 
-def test_resnet101_recognised_by_depth():
-    from detr_hf.convert import _resnet_name
-
-    layer3 = lambda n: {f"model.backbone.body.layer3.{i}.conv1.weight": None for i in range(n)}  # noqa: E731
-    assert _resnet_name(layer3(6)) == "resnet50"
-    assert _resnet_name(layer3(23)) == "resnet101"
-    with pytest.raises(ValueError, match="layer3"):
-        _resnet_name(layer3(4))
-
-
 def test_unknown_and_missing_keys_are_listed(tmp_path):
     state = from_detr_hf(small_resnet50_detr().state_dict(), "original")
     extra = dict(
@@ -271,6 +253,82 @@ def test_transformers_folder_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "yolos"}))
     with pytest.raises(ValueError, match="model_type='yolos'"):
         convert_transformers_checkpoint(tmp_path)
+
+
+def test_default_transformers_detr_converts_with_its_2_labels_and_processor(tmp_path):
+    from transformers import DetrImageProcessor
+
+    reference = transformers_detr(tmp_path / "transformers", num_labels=2)
+    DetrImageProcessor(
+        size={"shortest_edge": 480, "longest_edge": 640}, image_mean=[0.5, 0.4, 0.3]
+    ).save_pretrained(tmp_path / "transformers")
+    assert "id2label" not in json.loads((tmp_path / "transformers" / "config.json").read_text())
+    convert_transformers_checkpoint(tmp_path / "transformers", tmp_path / "detr_hf")
+
+    loaded = AutoModelForObjectDetection.from_pretrained(tmp_path / "detr_hf").eval()
+    assert type(loaded) is DetrHfForObjectDetection and loaded.config.num_labels == 2
+    assert_outputs_close(detection_outputs(loaded), detection_outputs(reference))
+    processor = json.loads((tmp_path / "detr_hf" / "preprocessor_config.json").read_text())
+    assert processor["size"] == {"shortest_edge": 480, "longest_edge": 640}
+    assert processor["image_mean"] == [0.5, 0.4, 0.3] and processor["image_std"] == [0.229, 0.224, 0.225]
+
+
+class _Files(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - keep test output quiet
+        self.server.requests.append(self.path)
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    """An http server on 127.0.0.1 serving tmp_path/served; `.requests` lists the paths asked for."""
+    served = tmp_path / "served"
+    served.mkdir()
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_Files, directory=str(served))
+    )
+    server.requests = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server, served, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+def test_url_checkpoint_is_downloaded_once_to_the_torch_hub_cache(tmp_path, monkeypatch, file_server):
+    server, served, base = file_server
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    torch.manual_seed(0)
+    model = DetrHfForObjectDetection(DetrHfConfig(
+        backbone="resnet18", d_model=64, encoder_layers=1, decoder_layers=1, encoder_ffn_dim=128,
+        decoder_ffn_dim=128, num_queries=10, num_labels=91, freeze_backbone_batch_norm=True,
+    )).eval()  # fmt: skip
+    randomize_norms(model, 1)
+    randomize_batch_norm_buffers(model, 2)
+    torch.save({"model": from_detr_hf(model.state_dict(), "original")}, served / "detr.pth")
+    digest = hashlib.sha256((served / "detr.pth").read_bytes()).hexdigest()
+    (served / "detr.pth").rename(served / f"detr-r18-{digest[:8]}.pth")
+    url = f"{base}/detr-r18-{digest[:8]}.pth"
+
+    converted = convert_original_checkpoint(url, tmp_path / "out")
+    cached = tmp_path / "torch_home" / "hub" / "checkpoints" / f"detr-r18-{digest[:8]}.pth"
+    assert cached.is_file() and converted.config.backbone == "resnet18"
+    expected, got = (
+        outputs(model),
+        outputs(AutoModelForObjectDetection.from_pretrained(tmp_path / "out").eval()),
+    )
+    torch.testing.assert_close(got.logits, expected.logits, rtol=0, atol=0)
+    torch.testing.assert_close(got.pred_boxes, expected.pred_boxes, rtol=0, atol=0)
+    convert_original_checkpoint(url)
+    assert server.requests == [f"/detr-r18-{digest[:8]}.pth"]  # the second call read the cache
+
+    (served / "detr-r18-deadbeef.pth").write_bytes(cached.read_bytes())
+    with pytest.raises(ValueError, match=r"detr-r18-deadbeef\.pth.*hash"):
+        convert_original_checkpoint(f"{base}/detr-r18-deadbeef.pth")
+    with pytest.raises(FileNotFoundError, match="could not download"):
+        convert_original_checkpoint(f"{base}/missing.pth")
 
 
 # ---------------------------------------------------------------- fine-tuning start

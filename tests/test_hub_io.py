@@ -50,11 +50,11 @@ def test_load_policy_copies_the_config_and_never_asks_for_pickles_or_backbone_we
         return DetrHfForObjectDetection(kwargs["config"])
 
     config = tiny_config(use_pretrained_backbone=True, backbone_frozen_stages=1)
-    model = load_pretrained(fake_from_pretrained, "some/folder", config=config)
+    model = load_pretrained(DetrHfForObjectDetection, fake_from_pretrained, "some/folder", config=config)
     assert seen["args"] == ("some/folder",) and seen["kwargs"]["use_safetensors"] is True
     assert seen["kwargs"]["config"] is not config and seen["kwargs"]["config"].use_pretrained_backbone is False
     assert config.use_pretrained_backbone is True  # the caller's object is untouched
-    load_pretrained(fake_from_pretrained, "some/folder", config=config, use_safetensors=False)
+    load_pretrained(DetrHfForObjectDetection, fake_from_pretrained, "some/folder", config=config, use_safetensors=False)
     assert seen["kwargs"]["use_safetensors"] is False
     stem = [p for n, p in model.named_parameters() if n.startswith("model.backbone.")]
     assert stem and not all(p.requires_grad for p in stem)

@@ -133,12 +133,60 @@ def _format_keys(title: str, keys: list[str], limit: int = 40) -> str:
     return f"{title} ({len(keys)}):\n  {shown}{more}"
 
 
+# transformers' own ResNet (`use_timm_backbone=False`, Hub revision "no_timm") under its backbone prefix.
+_TRANSFORMERS_BACKBONE = "model.backbone.conv_encoder.model."
+_HF_RESNET_STEM = re.compile(r"embedder\.embedder\.(?P<part>convolution|normalization)\.(?P<rest>.+)")
+_HF_RESNET_BLOCK = re.compile(
+    r"encoder\.stages\.(?P<stage>\d+)\.layers\.(?P<block>\d+)\."
+    r"(?P<unit>shortcut|layer\.\d+)\.(?P<part>convolution|normalization)\.(?P<rest>.+)"
+)
+
+
+def hf_resnet_key_to_timm(key: str) -> str | None:
+    """The timm/torchvision name of a transformers `ResNetBackbone` key (None if `key` is not one).
+
+    embedder.embedder.{convolution,normalization} -> conv1 / bn1; encoder.stages.S.layers.B.layer.J.* ->
+    layer{S+1}.B.conv{J+1} / bn{J+1}; the shortcut -> layer{S+1}.B.downsample.{0,1}. Both ResNets put the
+    stride in the 3x3 conv (transformers' default `downsample_in_bottleneck=False`).
+    """
+    if found := _HF_RESNET_STEM.fullmatch(key):
+        return f"{'conv1' if found['part'] == 'convolution' else 'bn1'}.{found['rest']}"
+    found = _HF_RESNET_BLOCK.fullmatch(key)
+    if found is None:
+        return None
+    block = f"layer{int(found['stage']) + 1}.{found['block']}"
+    is_conv = found["part"] == "convolution"
+    if found["unit"] == "shortcut":
+        return f"{block}.downsample.{0 if is_conv else 1}.{found['rest']}"
+    index = int(found["unit"].split(".")[1]) + 1
+    return f"{block}.{'conv' if is_conv else 'bn'}{index}.{found['rest']}"
+
+
+def hf_resnet_to_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A transformers DETR state dict with its HF-ResNet backbone keys renamed to the timm layout (others kept).
+
+    `num_batches_tracked` counters are dropped: DETR's backbone BatchNorm is frozen, they mean nothing.
+    """
+    renamed: dict[str, torch.Tensor] = {}
+    for key, tensor in state_dict.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        timm_key = None
+        if key.startswith(_TRANSFORMERS_BACKBONE):
+            timm_key = hf_resnet_key_to_timm(key[len(_TRANSFORMERS_BACKBONE) :])
+        renamed[key if timm_key is None else _TRANSFORMERS_BACKBONE + timm_key] = tensor
+    return renamed
+
+
 def to_detr_hf(state_dict: Mapping[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
     """Rename (and split stacked attention projections of) an external state dict into detr_hf names.
 
+    The transformers layout accepts both of its backbones: timm's ResNet and its own (see `hf_resnet_to_timm`).
     Raises `CheckpointKeyError` listing every key that no rule of `layout` explains.
     """
     rules = _rules(layout)
+    if layout == "transformers":
+        state_dict = hf_resnet_to_timm(state_dict)
     converted: dict[str, torch.Tensor] = {}
     unknown = []
     for key, tensor in state_dict.items():
@@ -196,3 +244,26 @@ def _rules(layout: str) -> tuple[Rule, ...]:
     if layout not in LAYOUTS:
         raise ValueError(f"unknown checkpoint layout {layout!r}; expected one of {sorted(LAYOUTS)}")
     return LAYOUTS[layout]
+
+
+def check_exact_fit(expected: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Raise one `CheckpointKeyError` listing every key of `state_dict` missing from, unexpected in, or shaped
+    differently than `expected` (a model's state dict, possibly on the meta device)."""
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = sorted(
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(expected) & set(state_dict)
+        if state_dict[k].shape != expected[k].shape
+    )
+    problems = [
+        f"{title} ({len(keys)}): {', '.join(keys[:40])}{' ...' if len(keys) > 40 else ''}"
+        for title, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", mismatched),
+        )
+        if keys
+    ]
+    if problems:
+        raise CheckpointKeyError("converted checkpoint does not fit the detr_hf model:\n" + "\n".join(problems))

@@ -141,6 +141,15 @@ class DetrHfConfig(PretrainedConfig):
         super().__init__(**kwargs)
         self.validate_fields()
 
+    def to_diff_dict(self) -> dict[str, Any]:
+        """`PretrainedConfig.to_diff_dict` that always writes the labels: transformers leaves out a 2-label
+        placeholder `id2label` as its default, but detr_hf's default is COCO's 91 labels."""
+        diff = super().to_diff_dict()
+        diff["id2label"] = {str(k): v for k, v in self.id2label.items()}
+        if self.label2id is not None:
+            diff["label2id"] = dict(self.label2id)
+        return diff
+
     def validate_fields(self) -> None:
         """Raise `ValueError` naming the first invalid field."""
         if not isinstance(self.backbone, str) or not self.backbone:

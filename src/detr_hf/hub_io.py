@@ -17,20 +17,22 @@ from safetensors import SafetensorError, safe_open
 from transformers import PretrainedConfig
 
 from .backbone import DetrHfBackbone
+from .transformers_checkpoint import load_converted
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["load_pretrained", "push_to_hub", "save_pretrained"]
 
 
-def load_pretrained(from_pretrained: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run transformers' `from_pretrained` (bound to the model class) under detr_hf's loading policy:
+def load_pretrained(model_class: type, from_pretrained: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run transformers' `from_pretrained` (bound to `model_class`) under detr_hf's loading policy:
 
     - the caller's `config` object is copied, never changed;
     - the backbone's weights come from the checkpoint, never from timm's pretrained source;
     - weights load only from safetensors (a pytorch_model.bin is a pickle; `use_safetensors=False` opts in),
       and a folder holding only a .bin, or an unreadable .safetensors file, is an OSError that says so;
-    - the config's frozen backbone stages are frozen again (transformers rebuilds loaded parameters trainable).
+    - the config's frozen backbone stages are frozen again (transformers rebuilds loaded parameters trainable);
+    - a transformers DETR (config.json model_type "detr", folder or Hub id) is converted while loading.
     """
     config = kwargs.get("config")
     # Not `DetrHfConfig`: under trust_remote_code the config class may come from another module copy.
@@ -44,7 +46,9 @@ def load_pretrained(from_pretrained: Callable[..., Any], *args: Any, **kwargs: A
     safetensors_only = kwargs.setdefault("use_safetensors", True)
     source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
     try:
-        model = from_pretrained(*args, **kwargs)
+        model = load_converted(model_class, from_pretrained, source, args[1:], kwargs)
+        if model is None:
+            model = from_pretrained(*args, **kwargs)
     except SafetensorError as error:
         raise OSError(f"unreadable safetensors file {_unreadable_safetensors(source)}: {error}") from error
     except OSError as error:

@@ -125,8 +125,9 @@ class DetrHfPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         """`PreTrainedModel.from_pretrained`: weights only from safetensors, the backbone's from the checkpoint
-        (never timm's source), the caller's config untouched, frozen stages kept frozen (see hub_io.py)."""
-        return load_pretrained(super().from_pretrained, *args, **kwargs)
+        (never timm's source), the caller's config untouched, frozen stages kept frozen, a transformers DETR converted
+        while loading (see hub_io.py)."""
+        return load_pretrained(cls, super().from_pretrained, *args, **kwargs)
 
     def save_pretrained(self, save_directory, *args, model_card: dict | None = None, **kwargs):
         """`PreTrainedModel.save_pretrained`, plus the code of all four auto classes (`auto_map`) and a generated
