@@ -6,18 +6,10 @@ largest output difference between the loaded and the re-loaded model, and the de
 
 from __future__ import annotations
 
-import importlib.abc
 import json
 import sys
 
-
-class _BlockDetrHf(importlib.abc.MetaPathFinder):
-    """Makes `import detr_hf` fail as if the package were not installed."""
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname == "detr_hf" or fullname.startswith("detr_hf."):
-            raise ModuleNotFoundError(f"No module named {fullname!r} (blocked by the test)")
-        return None
+from remote_code_child import _BlockDetrHf  # the same import blocker as the load-only child
 
 
 def main(folder: str, resaved: str, inputs_file: str) -> None:

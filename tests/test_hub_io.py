@@ -90,3 +90,14 @@ def test_remote_copy_without_the_package_saves_a_folder_that_loads_again(tmp_pat
     # transformers' own save: weights, config and the model's code closure; no card without detr_hf.
     assert {"config.json", "model.safetensors", "modeling_detr_hf.py", "hub_io.py", "targets.py"} <= set(report["files"])
     assert "README.md" not in report["files"] and not set(report["files"]) & PUBLISHING
+
+
+class _UserDetector(DetrHfForObjectDetection):
+    """A subclass defined outside the package, as a user's project would."""
+
+
+def test_a_subclass_defined_elsewhere_still_saves_the_package_code(tmp_path):
+    torch.manual_seed(0)
+    _UserDetector(tiny_config()).save_pretrained(tmp_path)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"modeling_detr_hf.py", "configuration_detr_hf.py", "hub_io.py", "targets.py", "README.md"} <= names

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import importlib
-import inspect
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -85,9 +84,9 @@ def save_pretrained(
         if model_card:
             logger.warning("model_card ignored: writing a model card needs the detr_hf package")
         return save(save_directory, *args, **kwargs)
-    code_dir = Path(inspect.getfile(type(model))).parent  # this model's own code, wherever it was loaded from
+    # This file sits with the model code that runs (the package, or a remote-code copy): save that code.
     return sharing.save_with_code_and_card(
-        save, model.config, save_directory, args, kwargs, model_card, code_dir=code_dir
+        save, model.config, save_directory, args, kwargs, model_card, code_dir=Path(__file__).parent
     )
 
 
