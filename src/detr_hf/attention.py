@@ -1,4 +1,4 @@
-"""Multi-head attention through transformers' attention-function interface (eager, sdpa, flex)."""
+"""Multi-head attention in transformers' attention-function interface (eager, sdpa, flex, registered ones)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,29 @@ def eager_attention(
     return torch.matmul(dropped, value).transpose(1, 2), weights
 
 
+def sdpa_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """`scaled_dot_product_attention` in the same signature and layouts as `eager_attention` (no weights).
+
+    detr_hf's own rather than transformers' registered "sdpa": that one bakes the query length into a reshape,
+    which breaks ONNX export with dynamic image sizes.
+    """
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling)
+    return out.transpose(1, 2), None
+
+
+# The implementations detr_hf runs itself; any other name resolves through transformers' ALL_ATTENTION_FUNCTIONS.
+_OWN_IMPLEMENTATIONS = {EAGER: eager_attention, "sdpa": sdpa_attention}
+
+
 def attention_mask_for(
     mask: torch.Tensor | None, attn_implementation: str, query_length: int, dtype: torch.dtype
 ) -> torch.Tensor | None:
@@ -57,8 +80,9 @@ def attention_mask_for(
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head attention on batch-first tensors; the attention itself is the function transformers
-    registers under `attn_implementation` ("sdpa", "flex_attention", ...), or `eager_attention` for "eager".
+    """Multi-head attention on batch-first tensors; the attention itself is `eager_attention` for "eager",
+    `sdpa_attention` for "sdpa", else the function transformers registers under `attn_implementation`
+    (e.g. "flex_attention").
 
     Args:
         d_model: model width (divisible by `num_heads`).
@@ -110,7 +134,9 @@ class MultiHeadAttention(nn.Module):
             raise ValueError("MultiHeadAttention(shared_query_key=False) needs a `key` tensor")
         else:
             q, k = self.q_proj(query), self.k_proj(key)
-        attention = ALL_ATTENTION_FUNCTIONS.get_interface(attn_implementation, eager_attention)
+        attention = _OWN_IMPLEMENTATIONS.get(attn_implementation) or ALL_ATTENTION_FUNCTIONS.get_interface(
+            attn_implementation, eager_attention
+        )
         out, weights = attention(
             self,
             self._heads(q),
