@@ -30,6 +30,7 @@ from .checkpoint_layouts import CheckpointKeyError, to_detr_hf
 from .coco_labels import COCO_NUM_LABELS, coco_id2label
 from .configuration_detr_hf import DetrHfConfig
 from .modeling_detr_hf import DetrHfForObjectDetection
+from .segmentation_layouts import is_segmentation_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,12 @@ def convert_original_checkpoint(
     """
     checkpoint = _load_original(checkpoint_path)
     state_dict = checkpoint["model"]
+    if is_segmentation_state_dict(state_dict):  # a panoptic DETR: see convert_segmentation.py
+        from .convert_segmentation import convert_original_panoptic
+
+        return convert_original_panoptic(
+            checkpoint, checkpoint_path, dest_dir, dilation=dilation, num_attention_heads=num_attention_heads
+        )
     args = checkpoint.get("args")
     if dilation is None:
         dilation = bool(getattr(args, "dilation", "dc5" in Path(checkpoint_path).name.lower()))
@@ -83,7 +90,12 @@ def convert_transformers_checkpoint(
         raise ValueError(
             f"{config_file} has model_type={source_config.get('model_type')!r}; only transformers 'detr' is supported"
         )
-    converted = to_detr_hf(_read_safetensors(source_dir), "transformers")
+    state_dict = _read_safetensors(source_dir)
+    if is_segmentation_state_dict(state_dict):  # a DetrForSegmentation folder: see convert_segmentation.py
+        from .convert_segmentation import convert_transformers_segmentation
+
+        return convert_transformers_segmentation(source_dir, source_config, state_dict, dest_dir)
+    converted = to_detr_hf(state_dict, "transformers")
     config = _config_from_transformers(source_config, converted)
     return _finish(config, converted, dest_dir, source=f"transformers DETR folder {source_dir.name}")
 
