@@ -8,6 +8,22 @@ import torch
 from torch import nn
 
 
+class XavierLinear(nn.Linear):
+    """A Linear initialised as the original attention-map projections: xavier-uniform weight, zero bias."""
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_uniform_(self.weight)
+        nn.init.zeros_(self.bias)
+
+
+class KaimingConv2d(nn.Conv2d):
+    """A Conv2d initialised as the original mask head: kaiming-uniform (a=1) weight, zero bias."""
+
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.weight, a=1)
+        nn.init.zeros_(self.bias)
+
+
 class QueryAttentionMaps(nn.Module):
     """Attention weights (no values) of each decoder query over the encoder memory, per head.
 
@@ -25,8 +41,8 @@ class QueryAttentionMaps(nn.Module):
             raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads})")
         self.num_heads = num_heads
         self.head_dim = d_model // num_heads
-        self.q_proj = nn.Linear(d_model, d_model)
-        self.k_proj = nn.Linear(d_model, d_model)
+        self.q_proj = XavierLinear(d_model, d_model)
+        self.k_proj = XavierLinear(d_model, d_model)
 
     def forward(self, queries: torch.Tensor, memory: torch.Tensor, feature_mask: torch.Tensor) -> torch.Tensor:
         """queries [B, Q, d]; memory [B, d, h, w]; feature_mask [B, h, w] bool (True = real pixels)
@@ -51,7 +67,7 @@ class ConvBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.conv = KaimingConv2d(in_channels, out_channels, kernel_size=3, padding=1)
         self.norm = nn.GroupNorm(math.gcd(8, out_channels), out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,9 +102,9 @@ class MaskHead(nn.Module):
             + [ConvBlock(widths[i], widths[i + 1]) for i in range(4)]
         )
         self.adapters = nn.ModuleList(
-            nn.Conv2d(channels, widths[i + 1], kernel_size=1) for i, channels in enumerate(level_channels)
+            KaimingConv2d(channels, widths[i + 1], kernel_size=1) for i, channels in enumerate(level_channels)
         )
-        self.output_conv = nn.Conv2d(widths[-1], 1, kernel_size=3, padding=1)
+        self.output_conv = KaimingConv2d(widths[-1], 1, kernel_size=3, padding=1)
 
     def forward(
         self, features: torch.Tensor, attention_maps: torch.Tensor, levels: list[torch.Tensor]

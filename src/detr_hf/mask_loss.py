@@ -53,7 +53,7 @@ def check_mask_targets(labels: Sequence[Mapping[str, torch.Tensor]], padded_size
             )
         if masks.is_complex() or not (masks.dtype == torch.bool or bool(((masks == 0) | (masks == 1)).all())):
             raise ValueError(f"labels[{i}]['masks'] must be boolean (or hold only 0 and 1), got {masks.dtype}")
-        empty = ~masks.flatten(1).any(1) if count else masks.new_zeros(0, dtype=torch.bool)
+        empty = ~(masks.flatten(1) != 0).any(1)
         if bool(empty.any()):
             raise ValueError(
                 f"labels[{i}]['masks'][{int(empty.nonzero()[0, 0])}] is empty although it has a box; "

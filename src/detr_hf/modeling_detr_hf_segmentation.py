@@ -13,7 +13,7 @@ from transformers.utils import ModelOutput
 from .backbone import downsample_mask
 from .configuration_detr_hf import DetrHfConfig
 from .criterion import DetrHfLoss, global_normalizers
-from .mask_head import MaskHead, QueryAttentionMaps
+from .mask_head import KaimingConv2d, MaskHead, QueryAttentionMaps, XavierLinear
 from .mask_loss import MaskLoss, check_mask_targets
 from .modeling_detr_hf import BoxHead, DetrHfModel, DetrHfPreTrainedModel, _reject_unknown_kwargs
 from .training_queries import TrainingQueries
@@ -77,20 +77,18 @@ class DetrHfForSegmentation(DetrHfPreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        # Children are initialised before their parent, so the mask head's own init below wins.
-        super()._init_weights(module)
-        if isinstance(module, QueryAttentionMaps):
-            for linear in (module.q_proj, module.k_proj):
-                init.xavier_uniform_(linear.weight)
-                init.zeros_(linear.bias)
-        elif isinstance(module, MaskHead):
-            for sub in module.modules():
-                if isinstance(sub, nn.Conv2d):
-                    init.kaiming_uniform_(sub.weight, a=1)
-                    init.zeros_(sub.bias)
-                elif isinstance(sub, nn.GroupNorm):
-                    init.ones_(sub.weight)
-                    init.zeros_(sub.bias)
+        # Leaf modules only: transformers skips parents without parameters of their own in remote code.
+        if isinstance(module, XavierLinear):
+            init.xavier_uniform_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, KaimingConv2d):
+            init.kaiming_uniform_(module.weight, a=1)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.GroupNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
