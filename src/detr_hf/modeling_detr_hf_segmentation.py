@@ -8,14 +8,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import initialization as init
-from transformers.utils import ModelOutput
 
 from .backbone import downsample_mask
 from .configuration_detr_hf import DetrHfConfig
-from .criterion import DetrHfLoss, global_normalizers
+from .criterion import global_normalizers
 from .mask_head import KaimingConv2d, MaskHead, QueryAttentionMaps, XavierLinear
 from .mask_loss import MaskLoss, check_mask_targets
-from .modeling_detr_hf import BoxHead, DetrHfModel, DetrHfPreTrainedModel, _reject_unknown_kwargs
+from .modeling_detr_hf import DetrHfForObjectDetection, DetrHfObjectDetectionOutput
 from .training_queries import TrainingQueries
 
 logger = logging.getLogger(__name__)
@@ -26,54 +25,36 @@ MASK_HEAD_PREFIXES = ("bbox_attention.", "mask_head.")
 
 
 @dataclass
-class DetrHfSegmentationOutput(ModelOutput):
-    """Outputs of `DetrHfForSegmentation`.
+class DetrHfSegmentationOutput(DetrHfObjectDetectionOutput):
+    """Outputs of `DetrHfForSegmentation`: those of `DetrHfObjectDetectionOutput`, plus
 
-    loss: scalar total loss (when `labels` were given); loss_dict: its unweighted terms (detection terms as
-        `DetrHfForObjectDetection`, plus `loss_mask` (focal) and `loss_dice` for the last decoder layer).
-    logits: [B, Q, num_labels + 1] (last = no object); pred_boxes: [B, Q, 4] normalised (cx, cy, w, h).
     pred_masks: [B, Q, h_4, w_4] mask logits at the backbone's stride-4 resolution of the padded batch.
-    auxiliary_outputs: one dict {"logits", "pred_boxes"} per earlier decoder layer when `auxiliary_loss`.
+    loss / loss_dict then also hold `loss_mask` (focal) and `loss_dice` of the last decoder layer.
     """
 
-    loss: torch.Tensor | None = None
-    loss_dict: dict | None = None
-    logits: torch.Tensor | None = None
-    pred_boxes: torch.Tensor | None = None
     pred_masks: torch.Tensor | None = None
-    auxiliary_outputs: list[dict] | None = None
-    last_hidden_state: torch.Tensor | None = None
-    encoder_last_hidden_state: torch.Tensor | None = None
-    encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
-    decoder_hidden_states: tuple[torch.Tensor, ...] | None = None
-    encoder_attentions: tuple[torch.Tensor, ...] | None = None
-    decoder_attentions: tuple[torch.Tensor, ...] | None = None
-    cross_attentions: tuple[torch.Tensor, ...] | None = None
 
 
-class DetrHfForSegmentation(DetrHfPreTrainedModel):
+class DetrHfForSegmentation(DetrHfForObjectDetection):
     """DETR for panoptic / instance segmentation: class logits, boxes and one mask per object query.
 
-    The detector's parameters carry the same names as `DetrHfForObjectDetection`'s (`model.*`,
-    `class_labels_classifier.*`, `bbox_predictor.*`), so a detection checkpoint loads into it directly and
-    only the mask head (`bbox_attention.*`, `mask_head.*`) starts from its initialisation.
+    The detector is `DetrHfForObjectDetection` itself (same parameter names: `model.*`,
+    `class_labels_classifier.*`, `bbox_predictor.*`), so a detection checkpoint loads into it directly and only
+    the mask head (`bbox_attention.*`, `mask_head.*`) starts from its initialisation.
     """
 
     def __init__(self, config: DetrHfConfig) -> None:
-        super().__init__(config)
         if TrainingQueries.enabled(config):
             raise ValueError(
                 "DetrHfForSegmentation does not support training-only query groups or denoising queries "
                 f"(num_query_groups={config.num_query_groups}, num_denoising_groups={config.num_denoising_groups})"
             )
-        self.model = DetrHfModel(config)
-        self.class_labels_classifier = nn.Linear(config.d_model, config.num_labels + 1)
-        self.bbox_predictor = BoxHead(config.d_model)
+        super().__init__(config)
         level_channels = self.model.backbone.enable_levels(MASK_HEAD_STRIDES)
         heads = config.encoder_attention_heads
         self.bbox_attention = QueryAttentionMaps(config.d_model, heads)
         self.mask_head = MaskHead(config.d_model, heads, level_channels)
-        self.post_init()
+        self.post_init()  # initialises the mask head (the detector is marked initialised already)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -107,10 +88,6 @@ class DetrHfForSegmentation(DetrHfPreTrainedModel):
             )  # fmt: skip
         return (model, info) if wants_info else model
 
-    def build_criterion(self) -> DetrHfLoss:
-        """The detection loss module for the current config (the mask losses are `build_mask_loss`)."""
-        return DetrHfLoss.from_config(self.config)
-
     def build_mask_loss(self) -> MaskLoss:
         """The mask loss module for the current config (focal and dice weights)."""
         return MaskLoss(
@@ -130,53 +107,23 @@ class DetrHfForSegmentation(DetrHfPreTrainedModel):
     ) -> DetrHfSegmentationOutput | tuple:
         """pixel_values [B, C, H, W]; pixel_mask [B, H, W] (1 = pixel); labels: one dict per image with
         `class_labels` [N], `boxes` [N, 4] normalised (cx, cy, w, h) and `masks` [N, H, W] bool at the padded size."""
-        _reject_unknown_kwargs(kwargs)
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        out = self.model(pixel_values, pixel_mask, output_attentions, output_hidden_states, return_dict=True)
+        detected = super().forward(
+            pixel_values, pixel_mask, labels, output_attentions, output_hidden_states, return_dict=True, **kwargs
+        )
         features, levels = self.model.backbone.pop_levels()
-        hidden = out.intermediate_hidden_states
-        logits = self.class_labels_classifier(hidden[-1])
-        pred_boxes = self.bbox_predictor(hidden[-1])
-        auxiliary_outputs = None
-        if self.config.auxiliary_loss and (labels is not None or self.training) and len(hidden) > 1:
-            # Heads shared by the earlier layers: [L-1, B, Q, d] -> [L-1, B, Q, C+1] and [L-1, B, Q, 4].
-            aux_logits = self.class_labels_classifier(hidden[:-1])
-            aux_boxes = self.bbox_predictor(hidden[:-1])
-            auxiliary_outputs = [{"logits": lg, "pred_boxes": bx} for lg, bx in zip(aux_logits, aux_boxes)]
-
         # The encoder's input map again (the same op on the same tensor as inside the model): [B, d, h, w].
         projected = self.model.input_projection(features)
         batch, d_model, height, width = projected.shape
-        valid = self._pixel_validity(pixel_values, pixel_mask)
-        feature_mask = downsample_mask(valid, (height, width))
+        feature_mask = downsample_mask(self._pixel_validity(pixel_values, pixel_mask), (height, width))
         # Encoder memory [B, h*w, d] -> [B, d, h, w].
-        memory = out.encoder_last_hidden_state.transpose(1, 2).reshape(batch, d_model, height, width)
-        attention_maps = self.bbox_attention(hidden[-1], memory, feature_mask)
-        pred_masks = self.mask_head(projected, attention_maps, levels)
-
-        loss = loss_dict = None
+        memory = detected.encoder_last_hidden_state.transpose(1, 2).reshape(batch, d_model, height, width)
+        attention_maps = self.bbox_attention(detected.last_hidden_state, memory, feature_mask)
+        output = DetrHfSegmentationOutput(**detected, pred_masks=self.mask_head(projected, attention_maps, levels))
         if labels is not None:
-            loss, loss_dict = self.build_criterion().to(logits.device)(
-                logits, pred_boxes, labels, auxiliary_outputs
-            )
-            mask_total, mask_terms = self._mask_loss(logits, pred_boxes, pred_masks, labels, pixel_values.shape[-2:])
-            loss = loss + mask_total
-            loss_dict.update(mask_terms)
-        output = DetrHfSegmentationOutput(
-            loss=loss,
-            loss_dict=loss_dict,
-            logits=logits,
-            pred_boxes=pred_boxes,
-            pred_masks=pred_masks,
-            auxiliary_outputs=auxiliary_outputs,
-            last_hidden_state=out.last_hidden_state,
-            encoder_last_hidden_state=out.encoder_last_hidden_state,
-            encoder_hidden_states=out.encoder_hidden_states,
-            decoder_hidden_states=out.decoder_hidden_states,
-            encoder_attentions=out.encoder_attentions,
-            decoder_attentions=out.decoder_attentions,
-            cross_attentions=out.cross_attentions,
-        )
+            mask_total, mask_terms = self._mask_loss(output, labels, pixel_values.shape[-2:])
+            output.loss = output.loss + mask_total
+            output.loss_dict.update(mask_terms)
         return output if return_dict else output.to_tuple()
 
     @staticmethod
@@ -187,8 +134,9 @@ class DetrHfForSegmentation(DetrHfPreTrainedModel):
             return torch.ones((batch, height, width), dtype=torch.bool, device=pixel_values.device)
         return pixel_mask.to(torch.bool)
 
-    def _mask_loss(self, logits, pred_boxes, pred_masks, labels, padded_size):
+    def _mask_loss(self, output: DetrHfSegmentationOutput, labels, padded_size):
         """Focal + dice losses on the last layer's matching; invalid masks raise on every process at once."""
+        logits, pred_boxes, pred_masks = output.logits, output.pred_boxes, output.pred_masks
         error = None
         try:
             check_mask_targets(labels, tuple(padded_size))
