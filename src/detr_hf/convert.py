@@ -54,17 +54,15 @@ def convert_original_checkpoint(
     """
     checkpoint = _load_original(checkpoint_path)
     state_dict = checkpoint["model"]
-    if is_segmentation_state_dict(state_dict):  # a panoptic DETR: see convert_segmentation.py
-        from .convert_segmentation import convert_original_panoptic
-
-        return convert_original_panoptic(
-            checkpoint, checkpoint_path, dest_dir, dilation=dilation, num_attention_heads=num_attention_heads
-        )
     args = checkpoint.get("args")
     if dilation is None:
         dilation = bool(getattr(args, "dilation", "dc5" in Path(checkpoint_path).name.lower()))
     if num_attention_heads is None:
         num_attention_heads = int(getattr(args, "nheads", 8))
+    if is_segmentation_state_dict(state_dict):  # a panoptic DETR: see convert_segmentation.py
+        from .convert_segmentation import convert_original_panoptic
+
+        return convert_original_panoptic(state_dict, checkpoint_path, dest_dir, dilation, num_attention_heads)
     converted = to_detr_hf(state_dict, "original")
     config = _config_from_weights(converted, dilation=dilation, num_attention_heads=num_attention_heads)
     logger.info(

@@ -31,21 +31,15 @@ _MASK_FIELDS = ("mask_loss_coefficient", "dice_loss_coefficient")
 
 
 def convert_original_panoptic(
-    checkpoint: Mapping[str, Any],
+    state_dict: Mapping[str, torch.Tensor],
     checkpoint_path: str | os.PathLike,
-    dest_dir: str | os.PathLike | None = None,
-    *,
-    dilation: bool | None = None,
-    num_attention_heads: int | None = None,
+    dest_dir: str | os.PathLike | None,
+    dilation: bool,
+    num_attention_heads: int,
 ) -> DetrHfForSegmentation:
-    """Convert a loaded facebookresearch/detr panoptic checkpoint (`detr.*`, `bbox_attention.*`, `mask_head.*`)
-    into a `DetrHfForSegmentation`, saved to `dest_dir`. Flags as `convert.convert_original_checkpoint`."""
-    state_dict = checkpoint["model"]
-    args = checkpoint.get("args")
-    if dilation is None:
-        dilation = bool(getattr(args, "dilation", "dc5" in Path(checkpoint_path).name.lower()))
-    if num_attention_heads is None:
-        num_attention_heads = int(getattr(args, "nheads", 8))
+    """Convert the state dict of a facebookresearch/detr panoptic checkpoint (`detr.*`, `bbox_attention.*`,
+    `mask_head.*`) into a `DetrHfForSegmentation`, saved to `dest_dir`; `convert.convert_original_checkpoint`
+    resolves `dilation` and `num_attention_heads` and calls this."""
     converted = to_detr_hf(state_dict, "original_panoptic")
     config = convert._config_from_weights(
         converted, dilation=dilation, num_attention_heads=num_attention_heads, id2label=_panoptic_labels(converted)
