@@ -11,7 +11,7 @@ from transformers import AutoModelForImageSegmentation
 
 from conftest import padded_batch, randomize_norms
 from detr_hf import DetrHfConfig, DetrHfForSegmentation
-from detr_hf.checkpoint_layouts import CheckpointKeyError, from_detr_hf, to_detr_hf
+from detr_hf.checkpoint_layouts import from_detr_hf
 from detr_hf.convert import main as convert_main
 from helpers import randomize_feature_norms
 
@@ -72,25 +72,6 @@ def test_original_panoptic_checkpoint_converts_exactly(tmp_path):
     assert expected.pred_masks.std() > 0.05
     for name in ("logits", "pred_boxes", "pred_masks"):
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
-
-
-def test_segmentation_layouts_round_trip_and_reject_unknown_keys():
-    model = DetrHfForSegmentation(DetrHfConfig(backbone="resnet18", d_model=32, encoder_layers=1, decoder_layers=1,
-                                               encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=3, num_labels=4,
-                                               freeze_backbone_batch_norm=True))  # fmt: skip
-    ours = model.state_dict()
-    for layout in ("original_panoptic", "transformers_segmentation"):
-        external = from_detr_hf(ours, layout)
-        assert all(k.startswith(("detr.", "bbox_attention.", "mask_head.")) for k in external), layout
-        back = to_detr_hf(external, layout)
-        assert back.keys() == ours.keys()
-        assert all(torch.equal(back[k], ours[k]) for k in ours)
-    external = from_detr_hf(ours, "transformers_segmentation")
-    assert "detr.model.backbone.conv_encoder.model.layer1.0.conv1.weight" in external
-    assert "mask_head.gn3.weight" in external and "bbox_attention.k_linear.bias" in external
-    external["mask_head.lay6.weight"] = torch.zeros(1)
-    with pytest.raises(CheckpointKeyError, match=r"mask_head\.lay6\.weight"):
-        to_detr_hf(external, "transformers_segmentation")
 
 
 def test_panoptic_checkpoint_with_a_missing_head_key_is_refused(tmp_path):
