@@ -1,4 +1,5 @@
-"""Shared test helpers: realistic generated images and COCO detection annotations, EXIF-tagged and 16-bit files."""
+"""Shared test helpers: realistic generated images and COCO annotations, EXIF-tagged and 16-bit files, non-trivial
+normalisation statistics for parity tests."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
+import torch
 
 # Non-contiguous COCO-style category ids, as real annotation files have them.
 CATEGORY_IDS = (1, 3, 7, 18, 44, 90)
@@ -83,3 +85,24 @@ def save_png16(path: Path, pixels: np.ndarray) -> Path:
         + chunk(b"IEND", b"")
     )
     return path
+
+def randomize_feature_norms(model: torch.nn.Module, seed: int = 0) -> None:
+    """Non-trivial BatchNorm (frozen or not) statistics and affines, and GroupNorm affines, in place.
+
+    A mis-mapped normalisation layer then changes the outputs, so a parity test can see it.
+    """
+    gen = torch.Generator().manual_seed(seed)
+
+    def fill(tensor: torch.Tensor, low: float, high: float) -> None:
+        tensor.copy_(low + (high - low) * torch.rand(tensor.shape, generator=gen))
+
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "running_var") and module.running_var is not None:
+                fill(module.running_var, 0.6, 1.4)
+                fill(module.running_mean, -0.2, 0.2)
+                fill(module.weight, 0.5, 1.0)
+                fill(module.bias, -0.2, 0.2)
+            elif isinstance(module, torch.nn.GroupNorm):
+                fill(module.weight, 0.5, 1.5)
+                fill(module.bias, -0.3, 0.3)

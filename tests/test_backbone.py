@@ -92,3 +92,42 @@ def test_random_backbone_keeps_trainable_bn_and_no_dead_branch():
     for module in bns:
         assert module.weight.grad is not None and module.weight.grad.abs().sum() > 0
     assert all(m.weight.any() for m in zero_gammas)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "modules"),
+    [
+        ("resnet18", {}, ["layer3", "layer2", "layer1"]),
+        ("resnet18", {"output_stride": 16}, ["layer3", "layer2", "layer1"]),  # dilated layer4 is stride 16 too
+        ("resnet18", {"out_indices": (3,)}, [None, "layer2", "layer1"]),  # the last map is the stride-16 level
+        ("efficientnet_b0", {}, ["blocks.4", "blocks.2", "blocks.1"]),
+    ],
+)
+def test_enable_levels_returns_the_stride_16_8_4_maps(name, kwargs, modules):
+    backbone = DetrHfBackbone(name, kwargs).eval()
+    info = {i["module"]: i for i in backbone.body.feature_info.info}
+    channels = backbone.enable_levels((16, 8, 4))
+    assert backbone._level_modules == modules
+    assert channels == [backbone.num_channels if m is None else info[m]["num_chs"] for m in modules]
+    pixels = torch.randn(2, 3, 100, 130)
+    with torch.no_grad():
+        features, _ = backbone(pixels, torch.ones(2, 100, 130, dtype=torch.bool))
+        last, levels = backbone.pop_levels()
+    assert last is features
+    assert [tuple(t.shape) for t in levels] == [(2, c, -(-100 // s), -(-130 // s)) for c, s in zip(channels, (16, 8, 4))]
+    with pytest.raises(RuntimeError, match="pop_levels"):
+        backbone.pop_levels()  # forgotten after one read
+
+
+def test_enable_levels_names_a_backbone_without_fine_levels():
+    backbone = DetrHfBackbone("resnet18", {"out_indices": (1,)})  # stops at stride 4
+    with pytest.raises(ValueError, match="no feature level at stride 16"):
+        backbone.enable_levels((16, 8, 4))
+
+
+def test_detection_backbone_keeps_no_levels():
+    backbone = DetrHfBackbone("resnet18", {}).eval()
+    with torch.no_grad():
+        backbone(torch.randn(1, 3, 64, 64), torch.ones(1, 64, 64, dtype=torch.bool))
+    assert backbone._last_levels is None and not backbone._captured
+    assert not any(m._forward_hooks for m in backbone.modules())

@@ -144,3 +144,26 @@ def test_learned_positions_and_pre_norm_export(tmp_path):
 def test_unknown_exporter_is_refused(tmp_path):
     with pytest.raises(ValueError, match="exporter"):
         export_onnx(_model(), tmp_path / "x.onnx", exporter="tflite")
+
+
+def test_segmentation_model_exports_pred_masks_with_dynamic_sizes(tmp_path):
+    from detr_hf import DetrHfForSegmentation
+
+    torch.manual_seed(0)
+    model = DetrHfForSegmentation(tiny_config(encoder_attention_heads=8, decoder_attention_heads=8)).eval()
+    model.save_pretrained(tmp_path / "saved")
+    path = tmp_path / "seg.onnx"
+    assert export_onnx(tmp_path / "saved", path, exporter="dynamo") == "dynamo"  # the folder path: seg model read
+    proto = onnx.load(str(path))
+    assert [o.name for o in proto.graph.output] == ["logits", "pred_boxes", "pred_masks"]
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for seed, sizes in enumerate(CHECK_BATCHES[:3]):
+        pixel_values, pixel_mask = example_inputs(3, sizes, seed=seed + 20)
+        feeds = {"pixel_values": pixel_values.numpy(), "pixel_mask": pixel_mask.numpy()}
+        got = session.run(["logits", "pred_boxes", "pred_masks"], feeds)
+        with torch.no_grad():
+            expected = model(pixel_values=pixel_values, pixel_mask=pixel_mask)
+        for name, value in zip(("logits", "pred_boxes", "pred_masks"), got):
+            assert value.shape == tuple(expected[name].shape), (sizes, name)
+            diff = float((torch.from_numpy(value) - expected[name]).abs().max())
+            assert diff <= 1e-4, f"batch {sizes}, {name}: max |onnxruntime - torch| = {diff:.3g}"

@@ -89,6 +89,7 @@ def test_saved_folder_holds_all_code_and_auto_map(tmp_path):
         "AutoModel": "modeling_detr_hf.DetrHfModel",
         "AutoModelForObjectDetection": "modeling_detr_hf.DetrHfForObjectDetection",
         "AutoImageProcessor": "image_processing_detr_hf.DetrHfImageProcessor",
+        "AutoModelForImageSegmentation": "modeling_detr_hf_segmentation.DetrHfForSegmentation",
     }
     processor_config = json.loads((tmp_path / "preprocessor_config.json").read_text())
     assert processor_config["auto_map"] == {

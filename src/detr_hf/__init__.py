@@ -4,6 +4,7 @@ from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
+    AutoModelForImageSegmentation,
     AutoModelForObjectDetection,
     AutoVideoProcessor,
 )
@@ -18,12 +19,14 @@ from .modeling_detr_hf import (
     DetrHfObjectDetectionOutput,
     DetrHfPreTrainedModel,
 )
+from .modeling_detr_hf_segmentation import DetrHfForSegmentation, DetrHfSegmentationOutput
 
 __version__ = "0.1.0"
 
 AutoConfig.register(DetrHfConfig.model_type, DetrHfConfig, exist_ok=True)
 AutoModel.register(DetrHfConfig, DetrHfModel, exist_ok=True)
 AutoModelForObjectDetection.register(DetrHfConfig, DetrHfForObjectDetection, exist_ok=True)
+AutoModelForImageSegmentation.register(DetrHfConfig, DetrHfForSegmentation, exist_ok=True)
 # One processor serves both backend slots (it is torch-based), so no "falling back to pil" warning.
 AutoImageProcessor.register(
     DetrHfConfig,
@@ -40,13 +43,16 @@ DetrHfConfig.register_for_auto_class("AutoConfig")
 DetrHfModel.register_for_auto_class("AutoModel")
 DetrHfForObjectDetection.register_for_auto_class("AutoModelForObjectDetection")
 DetrHfImageProcessor.register_for_auto_class("AutoImageProcessor")
+DetrHfForSegmentation.register_for_auto_class("AutoModelForImageSegmentation")
 
 __all__ = [
     "DetrHfConfig",
     "DetrHfForObjectDetection",
+    "DetrHfForSegmentation",
     "DetrHfImageProcessor",
     "DetrHfModel",
     "DetrHfModelOutput",
     "DetrHfObjectDetectionOutput",
     "DetrHfPreTrainedModel",
+    "DetrHfSegmentationOutput",
 ]

@@ -1,7 +1,8 @@
-"""The timm backbone: last feature map, frozen parts, and the padding mask at feature resolution."""
+"""The timm backbone: last feature map (plus finer levels on request), frozen parts, and the padding mask."""
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import timm
@@ -56,6 +57,11 @@ class DetrHfBackbone(nn.Module):
             raise ValueError(
                 f"timm.create_model({name!r}) rejected DetrHfConfig.backbone_kwargs {backbone_kwargs}: {error!r}"
             ) from error
+        self.name = name
+        # Finer feature levels, off unless `enable_levels` is called (the segmentation model does).
+        self._level_modules: list[str | None] = []
+        self._captured: dict[str, torch.Tensor] = {}
+        self._last_levels: tuple[torch.Tensor, list[torch.Tensor]] | None = None
         self.num_channels: int = self.body.feature_info.channels()[-1]
         self.reduction: int = self.body.feature_info.reduction()[-1]
         self.num_folded_batch_norms = 0
@@ -129,11 +135,69 @@ class DetrHfBackbone(nn.Module):
     def forward(
         self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """pixel_values [B, C, H, W], pixel_mask [B, H, W] bool (True = pixel) → features [B, C', h, w], mask [B, h, w]."""
+        """pixel_values [B, C, H, W], pixel_mask [B, H, W] bool (True = pixel) → features [B, C', h, w], mask [B, h, w].
+
+        After `enable_levels`, `pop_levels()` returns this call's feature maps at the requested strides.
+        """
         # oneDNN's convolutions run faster on channels-last activations; the values are the same.
         features = self.body(pixel_values.contiguous(memory_format=torch.channels_last))[-1]
         mask = downsample_mask(pixel_mask, features.shape[-2:])
+        if self._level_modules:
+            # The last level may itself be one of the requested strides (a backbone cut early).
+            levels = [features if name is None else self._captured.pop(name) for name in self._level_modules]
+            self._last_levels = (features, levels)
         return features, mask
+
+    def pop_levels(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(last feature map, the `enable_levels` maps in the requested order) of the latest forward, then
+        forgotten, so no activation outlives its step."""
+        if self._last_levels is None:
+            raise RuntimeError("pop_levels() needs enable_levels() and a forward pass first")
+        levels, self._last_levels = self._last_levels, None
+        return levels
+
+    def enable_levels(self, reductions: tuple[int, ...]) -> list[int]:
+        """Also keep the feature maps at these strides (e.g. (16, 8, 4) for a mask head); returns their channels.
+
+        Each level is the output of a timm module `feature_info` names for that stride (a forward hook records
+        it), so any timm backbone works. The detection path never calls this and stays as it is.
+        """
+        info = self.body.feature_info.info
+        last_index = self.body.feature_info.out_indices[-1] % len(info)
+        names: list[str | None] = []
+        channels = []
+        for reduction in reductions:
+            # The deepest level with this stride computed before the last map (for a dilated last stage, the
+            # stage before it), else the last map itself.
+            earlier = [i for i in info[:last_index] if i["reduction"] == reduction]
+            if not earlier and info[last_index]["reduction"] != reduction:
+                raise ValueError(
+                    f"backbone {self.name!r} has no feature level at stride {reduction} up to its last map (its "
+                    f"levels: {[i['reduction'] for i in info[: last_index + 1]]}); the mask head needs strides "
+                    f"{list(reductions)}"
+                )
+            level = earlier[-1] if earlier else info[last_index]
+            channels.append(level["num_chs"])
+            if not earlier:
+                names.append(None)
+                continue
+            names.append(level["module"])
+            self._submodule(level["module"]).register_forward_hook(functools.partial(self._record, level["module"]))
+        self._level_modules = names
+        return channels
+
+    def _submodule(self, name: str) -> nn.Module:
+        """The module `feature_info` names: as is, flattened ("stages.0" → "stages_0"), or under `.model`."""
+        for candidate in (name, name.replace(".", "_"), f"model.{name}"):
+            try:
+                return self.body.get_submodule(candidate)
+            except AttributeError:
+                continue
+        raise ValueError(f"backbone {self.name!r}: feature module {name!r} not found in the timm model")
+
+    def _record(self, name: str, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        """Forward hook of a requested level's module: keep its output for this call."""
+        self._captured[name] = output
 
 
 def downsample_mask(pixel_mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -37,6 +37,9 @@ class DetrHfConfig(PretrainedConfig):
             stride-8 stage, ... Works for any timm model through its `feature_info`. `None` resolves
             to 1 with trained weights and 0 otherwise.
 
+    Segmentation fields (read by `DetrHfForSegmentation` only): `mask_loss_coefficient` (sigmoid focal loss)
+    and `dice_loss_coefficient` (dice loss) weight the mask losses, 1 and 1 as the original DETR.
+
     `init_std` is kept for `DetrConfig` compatibility (checkpoint conversion copies it); detr_hf's weight
     init follows the original DETR and does not read it.
     """
@@ -87,6 +90,9 @@ class DetrHfConfig(PretrainedConfig):
         num_denoising_groups: int = 0,
         denoising_box_noise_scale: float = 0.4,
         denoising_label_noise_ratio: float = 0.2,
+        # --- segmentation (DetrHfForSegmentation): mask loss weights, as the original DETR ---
+        mask_loss_coefficient: float = 1.0,
+        dice_loss_coefficient: float = 1.0,
         **kwargs: Any,
     ) -> None:
         _warn_unknown_fields(kwargs)
@@ -138,6 +144,9 @@ class DetrHfConfig(PretrainedConfig):
         self.num_denoising_groups = num_denoising_groups
         self.denoising_box_noise_scale = denoising_box_noise_scale
         self.denoising_label_noise_ratio = denoising_label_noise_ratio
+        # --- segmentation fields ---
+        self.mask_loss_coefficient = mask_loss_coefficient
+        self.dice_loss_coefficient = dice_loss_coefficient
         super().__init__(**kwargs)
         self.validate_fields()
 
@@ -211,6 +220,11 @@ class DetrHfConfig(PretrainedConfig):
                 "DetrHfConfig.backbone_kwargs must not set 'features_only' or 'pretrained'; "
                 "use use_pretrained_backbone / backbone_weights_path"
             )
+        # --- segmentation fields ---
+        for name in ("mask_loss_coefficient", "dice_loss_coefficient"):
+            value = getattr(self, name)
+            if not _is_number(value) or not value >= 0:
+                raise ValueError(f"DetrHfConfig.{name} (segmentation) must be a number >= 0, got {value!r}")
 
 
 def _is_number(value: Any) -> bool:

@@ -22,6 +22,7 @@ therefore need no category remapping, and predictions carry raw COCO ids.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -36,7 +37,13 @@ from .checkpoint_config import config_from_weights
 from .checkpoint_layouts import CheckpointKeyError, check_exact_fit, to_detr_hf
 from .configuration_detr_hf import DetrHfConfig
 from .modeling_detr_hf import DetrHfForObjectDetection
-from .transformers_checkpoint import fetch_transformers_detr, processor_kwargs, read_transformers_detr
+from .segmentation_layouts import is_segmentation_state_dict
+from .transformers_checkpoint import (
+    fetch_transformers_detr,
+    processor_kwargs,
+    read_transformers_detr,
+    read_weights,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,13 +73,18 @@ def convert_original_checkpoint(
         dilation = bool(getattr(args, "dilation", "dc5" in Path(checkpoint_path).name.lower()))
     if num_attention_heads is None:
         num_attention_heads = int(getattr(args, "nheads", 8))
-    converted = to_detr_hf(checkpoint["model"], "original")
+    state_dict = checkpoint["model"]
+    if is_segmentation_state_dict(state_dict):  # a panoptic DETR: see convert_segmentation.py
+        from .convert_segmentation import convert_original_panoptic
+
+        return convert_original_panoptic(state_dict, checkpoint_path, dest_dir, dilation, num_attention_heads)
+    converted = to_detr_hf(state_dict, "original")
     config = config_from_weights(converted, dilation=dilation, num_attention_heads=num_attention_heads)
     logger.info(
         "original DETR checkpoint %s: backbone=%s, dilation=%s, heads=%d, %d labels, pre_norm=%s",
         checkpoint_path, config.backbone, dilation, num_attention_heads, config.num_labels, config.pre_norm,
     )  # fmt: skip
-    return _finish(
+    return finish_conversion(
         config, converted, dest_dir, source=f"facebookresearch/detr checkpoint {Path(checkpoint_path).name}"
     )
 
@@ -92,12 +104,18 @@ def convert_transformers_checkpoint(
     read_bin: read a pytorch_model.bin (with `weights_only=True`) when there are no safetensors weights.
     """
     folder = fetch_transformers_detr(source, read_bin=read_bin, revision=revision, **hub_options)
-    config, converted = read_transformers_detr(folder, read_bin=read_bin)
+    state_dict = read_weights(folder, read_bin=read_bin)
+    if is_segmentation_state_dict(state_dict):  # a DetrForSegmentation: see convert_segmentation.py
+        from .convert_segmentation import convert_transformers_segmentation
+
+        source_config = json.loads((folder / "config.json").read_text())
+        return convert_transformers_segmentation(folder, source_config, state_dict, dest_dir)
+    config, converted = read_transformers_detr(folder, state_dict=state_dict)
     if Path(source).is_dir():
         described = f"transformers DETR folder {Path(source).name}"
     else:
         described = f"transformers DETR Hub repo {source}" + (f" (revision {revision})" if revision else "")
-    return _finish(config, converted, dest_dir, source=described, processor=processor_kwargs(folder))
+    return finish_conversion(config, converted, dest_dir, source=described, processor=processor_kwargs(folder))
 
 
 def is_url(source: str | os.PathLike) -> bool:
@@ -143,14 +161,16 @@ def load_converted_weights(model: DetrHfForObjectDetection, state_dict: Mapping[
     model.load_state_dict(state_dict, strict=True)
 
 
-def _finish(
+def finish_conversion(
     config: DetrHfConfig,
     state_dict: Mapping[str, torch.Tensor],
     dest_dir: str | os.PathLike | None,
     source: str,
     processor: Mapping[str, Any] | None = None,
+    model_class: type[DetrHfForObjectDetection] = DetrHfForObjectDetection,
 ) -> DetrHfForObjectDetection:
-    model = DetrHfForObjectDetection(config)
+    """Build `model_class` from `config`, load the converted weights exactly, save the folder when asked."""
+    model = model_class(config)
     load_converted_weights(model, state_dict)
     model.eval()
     if dest_dir is not None:

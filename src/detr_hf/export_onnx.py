@@ -1,4 +1,5 @@
-"""ONNX export of DetrHfForObjectDetection with dynamic batch, height and width (`python -m detr_hf.export_onnx`)."""
+"""ONNX export of DetrHfForObjectDetection / DetrHfForSegmentation with dynamic batch, height and width
+(`python -m detr_hf.export_onnx`)."""
 
 from __future__ import annotations
 
@@ -12,26 +13,32 @@ import torch
 from torch import nn
 
 from .modeling_detr_hf import DetrHfForObjectDetection
+from .modeling_detr_hf_segmentation import DetrHfForSegmentation
 
 logger = logging.getLogger(__name__)
 
 INPUT_NAMES = ["pixel_values", "pixel_mask"]
 OUTPUT_NAMES = ["logits", "pred_boxes"]
+SEGMENTATION_OUTPUT_NAMES = [*OUTPUT_NAMES, "pred_masks"]
 DEFAULT_OPSET = 18
 
 
-class _ExportWrapper(nn.Module):
-    """Plain tensors in and out: (pixel_values, pixel_mask) → (logits, pred_boxes)."""
+def output_names(model: nn.Module) -> list[str]:
+    """The graph outputs of `model`: logits and pred_boxes, plus pred_masks for a segmentation model."""
+    return SEGMENTATION_OUTPUT_NAMES if isinstance(model, DetrHfForSegmentation) else OUTPUT_NAMES
 
-    def __init__(self, model: DetrHfForObjectDetection) -> None:
+
+class _ExportWrapper(nn.Module):
+    """Plain tensors in and out: (pixel_values, pixel_mask) → (logits, pred_boxes[, pred_masks])."""
+
+    def __init__(self, model: DetrHfForObjectDetection | DetrHfForSegmentation) -> None:
         super().__init__()
         self.model = model
+        self.output_names = output_names(model)
 
-    def forward(
-        self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(pixel_values=pixel_values, pixel_mask=pixel_mask, return_dict=True)
-        return out.logits, out.pred_boxes
+        return tuple(out[name] for name in self.output_names)
 
 
 def example_inputs(
@@ -59,7 +66,7 @@ def _export_dynamo(wrapper: nn.Module, inputs: tuple, path: Path, opset: int) ->
         inputs,
         dynamo=True,
         input_names=INPUT_NAMES,
-        output_names=OUTPUT_NAMES,
+        output_names=wrapper.output_names,
         dynamic_shapes={
             "pixel_values": {0: batch, 2: height, 3: width},
             "pixel_mask": {0: batch, 1: height, 2: width},
@@ -77,12 +84,13 @@ def _export_torchscript(wrapper: nn.Module, inputs: tuple, path: Path, opset: in
         str(path),
         dynamo=False,
         input_names=INPUT_NAMES,
-        output_names=OUTPUT_NAMES,
+        output_names=wrapper.output_names,
         dynamic_axes={
             "pixel_values": {0: "batch", 2: "height", 3: "width"},
             "pixel_mask": {0: "batch", 1: "height", 2: "width"},
             "logits": {0: "batch"},
             "pred_boxes": {0: "batch"},
+            "pred_masks": {0: "batch", 2: "mask_height", 3: "mask_width"},
         },
         opset_version=min(opset, 17),
     )
@@ -92,7 +100,7 @@ _EXPORTERS = {"dynamo": _export_dynamo, "torchscript": _export_torchscript}
 
 
 def export_onnx(
-    model: DetrHfForObjectDetection | str | os.PathLike,
+    model: DetrHfForObjectDetection | DetrHfForSegmentation | str | os.PathLike,
     output_path: str | os.PathLike,
     exporter: str = "auto",
     opset: int = DEFAULT_OPSET,
@@ -101,7 +109,8 @@ def export_onnx(
 
     Graph inputs: `pixel_values` float32 [batch, C, height, width] and `pixel_mask` bool [batch, height, width]
     (True = pixel), exactly what `DetrHfImageProcessor(..., return_tensors="np")` returns. Outputs: `logits`
-    [batch, num_queries, num_labels + 1] and `pred_boxes` [batch, num_queries, 4] (normalised cx, cy, w, h).
+    [batch, num_queries, num_labels + 1] and `pred_boxes` [batch, num_queries, 4] (normalised cx, cy, w, h); a
+    segmentation model adds `pred_masks` [batch, num_queries, height/4, width/4] (mask logits).
     `id2label` is stored in the ONNX metadata.
 
     exporter: "dynamo" (torch.export with dynamic_shapes), "torchscript" (legacy tracer with dynamic_axes), or
@@ -109,8 +118,8 @@ def export_onnx(
     """
     if exporter not in ("auto", *_EXPORTERS):
         raise ValueError(f"exporter must be 'auto', 'dynamo' or 'torchscript', got {exporter!r}")
-    if not isinstance(model, DetrHfForObjectDetection):
-        model = DetrHfForObjectDetection.from_pretrained(model)
+    if not isinstance(model, (DetrHfForObjectDetection, DetrHfForSegmentation)):
+        model = load_for_export(model)
     model = model.eval()
     wrapper = _ExportWrapper(model).eval()
     inputs = example_inputs(model.config.num_channels)
@@ -132,7 +141,16 @@ def export_onnx(
     return name
 
 
-def _add_metadata(path: Path, model: DetrHfForObjectDetection, exporter: str) -> None:
+def load_for_export(folder: str | os.PathLike) -> DetrHfForObjectDetection | DetrHfForSegmentation:
+    """The saved model in `folder`: a segmentation model if its config says so, else a detector."""
+    config_file = Path(folder) / "config.json"
+    architectures = json.loads(config_file.read_text()).get("architectures") if config_file.is_file() else None
+    if DetrHfForSegmentation.__name__ in (architectures or []):
+        return DetrHfForSegmentation.from_pretrained(folder)
+    return DetrHfForObjectDetection.from_pretrained(folder)
+
+
+def _add_metadata(path: Path, model: nn.Module, exporter: str) -> None:
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
@@ -148,23 +166,21 @@ def _add_metadata(path: Path, model: DetrHfForObjectDetection, exporter: str) ->
 
 
 def max_abs_difference(
-    model: DetrHfForObjectDetection,
+    model: DetrHfForObjectDetection | DetrHfForSegmentation,
     onnx_path: str | os.PathLike,
     pixel_values: torch.Tensor,
     pixel_mask: torch.Tensor,
 ) -> float:
-    """Largest |ONNX Runtime - PyTorch| over logits and pred_boxes on one input."""
+    """Largest |ONNX Runtime - PyTorch| over every output (logits, pred_boxes[, pred_masks]) on one input."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     feeds = {"pixel_values": pixel_values.numpy(), "pixel_mask": pixel_mask.to(torch.bool).numpy()}
-    onnx_logits, onnx_boxes = session.run(OUTPUT_NAMES, feeds)
+    names = output_names(model)
+    results = session.run(names, feeds)
     with torch.no_grad():
         out = model.eval()(pixel_values=pixel_values, pixel_mask=pixel_mask)
-    return max(
-        float((torch.from_numpy(onnx_logits) - out.logits).abs().max()),
-        float((torch.from_numpy(onnx_boxes) - out.pred_boxes).abs().max()),
-    )
+    return max(float((torch.from_numpy(got) - out[name]).abs().max()) for name, got in zip(names, results))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -179,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         help="run ONNX Runtime on a batch of another size and print the max diff",
     )
     args = parser.parse_args(argv)
-    model = DetrHfForObjectDetection.from_pretrained(args.model)
+    model = load_for_export(args.model)
     used = export_onnx(model, args.output, exporter=args.exporter, opset=args.opset)
     print(f"wrote {args.output} with the {used} exporter")
     if args.verify:

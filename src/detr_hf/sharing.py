@@ -21,6 +21,7 @@ AUTO_CLASSES: dict[str, tuple[str, str]] = {
     "AutoModel": ("modeling_detr_hf", "DetrHfModel"),
     "AutoModelForObjectDetection": ("modeling_detr_hf", "DetrHfForObjectDetection"),
     "AutoImageProcessor": ("image_processing_detr_hf", "DetrHfImageProcessor"),
+    "AutoModelForImageSegmentation": ("modeling_detr_hf_segmentation", "DetrHfForSegmentation"),
 }
 _CODE_DIR = Path(__file__).parent
 

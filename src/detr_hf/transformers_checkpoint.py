@@ -136,13 +136,16 @@ def read_weights(folder: Path, *, read_bin: bool = False) -> dict[str, torch.Ten
 
 
 def read_transformers_detr(
-    folder: str | os.PathLike, *, read_bin: bool = False
+    folder: str | os.PathLike, *, read_bin: bool = False, state_dict: Mapping[str, torch.Tensor] | None = None
 ) -> tuple[DetrHfConfig, dict[str, torch.Tensor]]:
-    """The detr_hf config and detr_hf-named weights of a local transformers DETR folder (transformers is not run)."""
+    """The detr_hf config and detr_hf-named weights of a local transformers DETR folder (transformers is not run);
+    `state_dict`: its weights when already read (`read_weights`)."""
     folder = Path(folder)
     source = json.loads((folder / "config.json").read_text())
     check_detr(source, str(folder / "config.json"))
-    state_dict = to_detr_hf(read_weights(folder, read_bin=read_bin), "transformers")
+    if state_dict is None:
+        state_dict = read_weights(folder, read_bin=read_bin)
+    state_dict = to_detr_hf(state_dict, "transformers")
     return config_from_transformers(source, state_dict), state_dict
 
 
