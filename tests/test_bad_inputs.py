@@ -267,7 +267,7 @@ def test_mismatched_lengths_are_named(model):
     "make, error, message",
     [
         (lambda p, m: dict(pixel_values=(p * 255).to(torch.uint8), pixel_mask=m), TypeError, "float tensor"),
-        (lambda p, m: dict(pixel_values=p, pixel_mask=m.float()), TypeError, "pixel_mask must be an int or bool"),
+        (lambda p, m: dict(pixel_values=p, pixel_mask=m.float() * 0.5), ValueError, r"pixel_mask must hold only 1"),
         (lambda p, m: dict(pixel_values=p.numpy(), pixel_mask=m), TypeError, "must be a torch.Tensor"),
         (lambda p, m: dict(pixel_values=p[:, :1], pixel_mask=m), ValueError, r"shape \[batch, 3, height, width\]"),
         (lambda p, m: dict(pixel_values=p, pixel_mask=m * torch.tensor([0, 1])[:, None, None]), ValueError,
