@@ -13,14 +13,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 from transformers import Trainer, TrainingArguments
 
-from detr_hf.coco_evaluation import compute_coco_map
-from detr_hf.training import DetectionCollator, build_param_groups, predictions_to_original
+from detr_hf.data import DetectionCollator
+from detr_hf.evaluation import CocoTrainerMetrics, write_evaluation_files
+from detr_hf.training import build_param_groups
 from detr_hf.training.cli import add_data_args, add_model_args, build_datasets, build_model, build_processor
 
 # Output fields that are not predictions: left out of what the Trainer collects at evaluation.
@@ -59,29 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-class CocoMetrics:
-    """`compute_metrics` for the Trainer: per-batch (logits, pred_boxes) and label dicts → COCO AP/AR.
-
-    Label dicts carry each image's ORIGINAL size (`orig_size`, set by the collator), so predictions and
-    references are both scaled to original pixels.
-    """
-
-    def __init__(self, processor: Any) -> None:
-        self.processor = processor
-
-    def __call__(self, eval_pred: Any) -> dict[str, float]:
-        predictions, references = [], []
-        for batch_preds, batch_labels in zip(eval_pred.predictions, eval_pred.label_ids):
-            logits, pred_boxes = (torch.as_tensor(np.asarray(v)) for v in batch_preds[:2])
-            labels = [{k: torch.as_tensor(np.asarray(v)) for k, v in label.items()} for label in batch_labels]
-            orig_size = torch.stack([label["orig_size"] for label in labels])
-            outputs = {"logits": logits, "pred_boxes": pred_boxes}
-            predictions.extend(predictions_to_original(self.processor, outputs, orig_size))
-            references.extend(
-                {"boxes": lb["boxes"], "class_labels": lb["class_labels"], "orig_size": lb["orig_size"]}
-                for lb in labels
-            )
-        return compute_coco_map(predictions, references)
+# compute_metrics: the official COCO protocol on the validation split's ground truth (see detr_hf.evaluation).
+CocoMetrics = CocoTrainerMetrics
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -115,13 +93,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         push_to_hub=args.push_to_hub,
         hub_model_id=args.hub_model_id,
     )
+    metrics_fn = CocoMetrics(processor, val_set)
     trainer = Trainer(
         model=model,
         args=training_args,
         train_dataset=train_set,
         eval_dataset=val_set,
         data_collator=DetectionCollator(processor, model_inputs_only=True),
-        compute_metrics=CocoMetrics(processor),
+        compute_metrics=metrics_fn,
         optimizers=(optimizer, None),
         processing_class=processor,
     )
@@ -133,6 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     processor.save_pretrained(args.output_dir)
     if trainer.is_world_process_zero():
         Path(args.output_dir, "eval_results.json").write_text(json.dumps(metrics, indent=2))
+        write_evaluation_files(args.output_dir, metrics_fn.last_results, val_set)
     if args.push_to_hub:
         trainer.push_to_hub()
     return metrics
