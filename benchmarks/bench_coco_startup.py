@@ -25,31 +25,37 @@ from detr_hf.data.splits import load_detection_splits
 
 
 def _write_annotations(path: Path, num_images: int, seed: int) -> int:
+    """Write the json piece by piece (the whole file as Python objects would need several GB here)."""
     rng = np.random.default_rng(seed)
     names = coco_id2label()
     categories = [{"id": i, "name": name, "supercategory": "thing"} for i, name in names.items() if name != "N/A"]
     category_ids = np.array([c["id"] for c in categories])
-    images, annotations = [], []
     counts = rng.poisson(7.3, size=num_images).clip(0, 20)
-    for image_id, count in enumerate(counts, start=1):
-        width, height = int(rng.integers(300, 641)), int(rng.integers(300, 641))
-        images.append({"id": image_id, "file_name": f"{image_id:012d}.jpg", "width": width, "height": height})
-        boxes = rng.uniform(0, 1, size=(count, 4)) * [width * 0.8, height * 0.8, width * 0.2, height * 0.2]
-        for x, y, w, h in boxes.round(2).tolist():
-            ring = rng.uniform(0, 1, size=(12, 2)) * [w, h] + [x, y]
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": int(rng.choice(category_ids)),
-                    "bbox": [x, y, w + 1, h + 1],
-                    "area": round(0.6 * (w + 1) * (h + 1), 2),
-                    "iscrowd": int(rng.uniform() < 0.01),
-                    "segmentation": [ring.round(2).reshape(-1).tolist()],
-                }
-            )
-    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
-    return len(annotations)
+    widths, heights = rng.integers(300, 641, size=num_images), rng.integers(300, 641, size=num_images)
+    num_annotations = 0
+    with open(path, "w") as f:
+        f.write('{"categories": ' + json.dumps(categories) + ', "images": [')
+        f.write(", ".join(
+            json.dumps({"id": i + 1, "file_name": f"{i + 1:012d}.jpg", "width": int(w), "height": int(h)})
+            for i, (w, h) in enumerate(zip(widths, heights))
+        ))  # fmt: skip
+        f.write('], "annotations": [')
+        for image_id, (count, width, height) in enumerate(zip(counts, widths, heights), start=1):
+            boxes = rng.uniform(0, 1, size=(count, 4)) * [width * 0.8, height * 0.8, width * 0.2, height * 0.2]
+            rings = rng.uniform(0, 1, size=(count, 12, 2))
+            cats = rng.choice(category_ids, size=count)
+            crowd = rng.uniform(size=count) < 0.01
+            for (x, y, w, h), ring, cat, is_crowd in zip(boxes.round(2).tolist(), rings, cats, crowd):
+                polygon = (ring * [w, h] + [x, y]).round(2).reshape(-1).tolist()
+                ann = {
+                    "id": num_annotations + 1, "image_id": image_id, "category_id": int(cat),
+                    "bbox": [x, y, w + 1, h + 1], "area": round(0.6 * (w + 1) * (h + 1), 2),
+                    "iscrowd": int(is_crowd), "segmentation": [polygon],
+                }  # fmt: skip
+                f.write((", " if num_annotations else "") + json.dumps(ann))
+                num_annotations += 1
+        f.write("]}")
+    return num_annotations
 
 
 def _start_up(root: Path) -> float:

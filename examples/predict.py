@@ -21,6 +21,8 @@ from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes
 
 import detr_hf  # noqa: F401  (registers the Auto classes)
+from detr_hf.data.pixels import image_tensor
+from detr_hf.image_inputs import open_image
 from detr_hf.image_processing_detr_hf import DetrHfImageProcessor
 from detr_hf.modeling_detr_hf import DetrHfForObjectDetection
 
@@ -58,7 +60,9 @@ def collect_images(inputs: list[str]) -> list[Path]:
 
 
 def draw(image: Image.Image, detections: list[dict]) -> torch.Tensor:
-    pixels = F.pil_to_tensor(image)
+    pixels = image_tensor(image, "image")  # upright, alpha on white, 16-bit scaled: what the model saw
+    if pixels.is_floating_point():
+        pixels = (pixels * 255).round().to(torch.uint8)
     if not detections:
         return pixels
     boxes = torch.tensor([d["box"] for d in detections], dtype=torch.float32)
@@ -81,8 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
         chunk, images = [], []
         for path in files[start : start + args.batch_size]:
             try:
-                with Image.open(path) as opened:
-                    images.append(opened.convert("RGB"))
+                images.append(open_image(path))  # upright (EXIF orientation), in its own mode (16-bit kept)
                 chunk.append(path)
             except OSError as error:
                 logger.warning("skipping %s: not a readable image (%s)", path, error)

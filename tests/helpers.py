@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +134,20 @@ def coco_folder_argv(fixture: CocoFixture) -> list[str]:
         "--coco_dir", str(fixture.root), "--train_annotations", "annotations/instances_train.json",
         "--val_annotations", "annotations/instances_val.json",
     ]  # fmt: skip
+
+
+def pycocotools_stats(annotation_file: Path, results_file: Path) -> list[float]:
+    """The 12 COCOeval box stats of pycocotools itself on two json files (the reference implementation)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(annotation_file))
+        evaluator = COCOeval(gt, gt.loadRes(str(results_file)), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return [float(v) for v in evaluator.stats]
 
 
 # ---------------------------------------------------------------------- cppe-5 `datasets`

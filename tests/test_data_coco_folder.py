@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import make_coco_folder
-
 from detr_hf.data.coco_folder import CocoFolder, coco_category_ids, load_coco_folder
+from helpers import make_coco_folder
 
 
 def _write_folder(tmp_path, annotations, extra_images=(), categories=None):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import datasets
 import pytest
-from helpers import CPPE5_NAMES, cppe5_rows, write_imagefolder
 
 from detr_hf.data import DetectionDataset, build_eval_transform, load_dataset_splits
 from detr_hf.data.schema import detection_features
+from helpers import CPPE5_NAMES, cppe5_rows, write_imagefolder
 
 
 def _dataset(num_rows: int, seed: int) -> datasets.Dataset:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import datasets
 import pytest
-from helpers import CPPE5_NAMES, cppe5_rows
 
 from detr_hf.data import category_ids_of, check_categories, class_names_of, with_class_labels
 from detr_hf.data.schema import detection_features
+from helpers import CPPE5_NAMES, cppe5_rows
 
 
 def _plain(string_categories: bool) -> datasets.Dataset:

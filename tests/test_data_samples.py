@@ -8,11 +8,17 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from helpers import make_coco_folder
 
 from detr_hf.box_ops import denormalize_boxes
-from detr_hf.data import CocoFolder, DetectionDataset, build_eval_transform, build_train_transform, make_synthetic_dataset
+from detr_hf.data import (
+    CocoFolder,
+    DetectionDataset,
+    build_eval_transform,
+    build_train_transform,
+    make_synthetic_dataset,
+)
 from detr_hf.data.schema import detection_features
+from helpers import make_coco_folder
 
 
 @pytest.fixture(scope="module")

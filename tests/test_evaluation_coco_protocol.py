@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import numpy as np
 import pytest
-from helpers import make_coco_folder
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from detr_hf.evaluation import COCO_METRIC_NAMES, detections_to_results, evaluate_results
-
-
-def _pycocotools_stats(annotation_file, results_file) -> list[float]:
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(annotation_file))
-        evaluator = COCOeval(gt, gt.loadRes(str(results_file)), "bbox")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return [float(v) for v in evaluator.stats]
+from helpers import make_coco_folder, pycocotools_stats
 
 
 def _detections(coco: dict, seed: int) -> list[dict]:
@@ -61,7 +47,7 @@ def test_scores_equal_pycocotools_on_the_original_json(tmp_path, seed):
     results_file = tmp_path / "results.json"
     results_file.write_text(json.dumps(results))
     ours = evaluate_results(json.loads(fixture.annotation_files["val"].read_text()), json.loads(results_file.read_text()))
-    theirs = _pycocotools_stats(fixture.annotation_files["val"], results_file)
+    theirs = pycocotools_stats(fixture.annotation_files["val"], results_file)
     assert list(ours) == list(COCO_METRIC_NAMES)
     np.testing.assert_allclose(list(ours.values()), theirs, rtol=0, atol=1e-9)
     assert 0.2 < ours["AP"] < 0.95 and 0.5 < ours["AP50"] < 1.0

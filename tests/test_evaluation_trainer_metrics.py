@@ -5,7 +5,6 @@ from __future__ import annotations
 import datasets
 import pytest
 import torch
-from helpers import CPPE5_NAMES, cppe5_rows
 from transformers import EvalPrediction
 
 from detr_hf.box_ops import normalize_boxes
@@ -13,6 +12,7 @@ from detr_hf.data import DetectionDataset
 from detr_hf.data.schema import detection_features
 from detr_hf.evaluation import CocoTrainerMetrics
 from detr_hf.image_processing_detr_hf import DetrHfImageProcessor
+from helpers import CPPE5_NAMES, cppe5_rows
 
 
 def _perfect_outputs(rows: list[dict], num_queries: int = 8):

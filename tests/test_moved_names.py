@@ -32,4 +32,4 @@ def test_old_import_path_warns_and_gives_the_same_object(old, name, new):
 
 def test_unknown_names_still_fail():
     with pytest.raises(AttributeError, match="has no attribute 'nothing_here'"):
-        importlib.import_module("detr_hf.training").nothing_here
+        importlib.import_module("detr_hf.training").__getattr__("nothing_here")
