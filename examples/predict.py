@@ -23,6 +23,7 @@ from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes
 
 import detr_hf  # noqa: F401  (registers the Auto classes)
+from detr_hf.data.pixels import image_tensor
 from detr_hf.image_inputs import open_image
 from detr_hf.image_processing_detr_hf import DetrHfImageProcessor
 from detr_hf.modeling_detr_hf import DetrHfForObjectDetection
@@ -88,7 +89,9 @@ def viewable(image: Image.Image) -> Image.Image:
 
 
 def draw(image: Image.Image, detections: list[dict]) -> torch.Tensor:
-    pixels = F.pil_to_tensor(image)
+    pixels = image_tensor(image, "image")  # upright, alpha on white, 16-bit scaled: what the model saw
+    if pixels.is_floating_point():
+        pixels = (pixels * 255).round().to(torch.uint8)
     if not detections:
         return pixels
     boxes = torch.tensor([d["box"] for d in detections], dtype=torch.float32)

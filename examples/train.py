@@ -44,14 +44,13 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
 
+from detr_hf.data import DetectionCollator, EpochSampler
+from detr_hf.evaluation import evaluate_coco, write_evaluation_files
 from detr_hf.targets import NonFinitePredictionError
 from detr_hf.training import (
-    DetectionCollator,
-    EpochSampler,
     TrainState,
     build_lr_lambda,
     build_param_groups,
-    evaluate_coco,
     find_latest_checkpoint,
     is_complete_checkpoint,
     save_checkpoint_atomically,
@@ -316,8 +315,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         (output_dir / "train_results.json").write_text(json.dumps(train_results, indent=2))
         (output_dir / "eval_results.json").write_text(json.dumps(metrics, indent=2))
         (output_dir / "loss_history.json").write_text(json.dumps(state.loss_history))
-        # Final validation detections in original pixels, keyed by validation row.
-        (output_dir / "eval_predictions.json").write_text(json.dumps(dict(final_predictions)))
+        # Final validation detections in the COCO results format (+ the ground truth unless a COCO json is it).
+        write_evaluation_files(output_dir, final_predictions, val_set)
         if args.push_to_hub:
             repo_id = push_trained_model(
                 model=unwrapped, processor=processor, repo_id=args.hub_model_id or output_dir.name,

@@ -20,13 +20,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
-from detr_hf.coco_evaluation import compute_coco_map
-from detr_hf.training import DetectionCollator, build_lr_lambda, build_param_groups, predictions_to_original
+from detr_hf.data import DetectionCollator
+from detr_hf.evaluation import CocoTrainerMetrics, write_evaluation_files
+from detr_hf.training import build_lr_lambda, build_param_groups
 from detr_hf.training.cli import build_datasets, build_model, build_processor, make_parser, parse_and_resolve
 from detr_hf.training.publish import hub_dataset_id, push_trained_model
 from detr_hf.training.recipes import lr_drop_step_for
@@ -69,29 +69,8 @@ class DetrTrainer(Trainer):
         return self.lr_scheduler
 
 
-class CocoMetrics:
-    """`compute_metrics` for the Trainer: per-batch (logits, pred_boxes) and label dicts → COCO AP/AR.
-
-    Label dicts carry each image's ORIGINAL size (`orig_size`, set by the collator), so predictions and
-    references are both scaled to original pixels.
-    """
-
-    def __init__(self, processor: Any) -> None:
-        self.processor = processor
-
-    def __call__(self, eval_pred: Any) -> dict[str, float]:
-        predictions, references = [], []
-        for batch_preds, batch_labels in zip(eval_pred.predictions, eval_pred.label_ids):
-            logits, pred_boxes = (torch.as_tensor(np.asarray(v)) for v in batch_preds[:2])
-            labels = [{k: torch.as_tensor(np.asarray(v)) for k, v in label.items()} for label in batch_labels]
-            orig_size = torch.stack([label["orig_size"] for label in labels])
-            outputs = {"logits": logits, "pred_boxes": pred_boxes}
-            predictions.extend(predictions_to_original(self.processor, outputs, orig_size))
-            references.extend(
-                {"boxes": lb["boxes"], "class_labels": lb["class_labels"], "orig_size": lb["orig_size"]}
-                for lb in labels
-            )
-        return compute_coco_map(predictions, references)
+# compute_metrics: the official COCO protocol on the validation split's ground truth (see detr_hf.evaluation).
+CocoMetrics = CocoTrainerMetrics
 
 
 def _resume_path(args: argparse.Namespace) -> str | None:
@@ -153,13 +132,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             processor.save_pretrained(args.output_dir)
     if args.print_config_only:
         return {}
+    metrics_fn = CocoMetrics(processor, val_set)
     trainer = DetrTrainer(
         model=model,
         args=training_args,
         train_dataset=train_set,
         eval_dataset=val_set,
         data_collator=DetectionCollator(processor, model_inputs_only=True),
-        compute_metrics=CocoMetrics(processor),
+        compute_metrics=metrics_fn,
         optimizers=(optimizer, None),
         processing_class=processor,
         lr_lambda_args=dict(
@@ -175,6 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if trainer.is_world_process_zero():
         processor.save_pretrained(args.output_dir)
         Path(args.output_dir, "eval_results.json").write_text(json.dumps(metrics, indent=2))
+        write_evaluation_files(args.output_dir, metrics_fn.last_results, val_set)
         if args.push_to_hub:
             repo_id = push_trained_model(
                 model=trainer.model, processor=processor, repo_id=args.hub_model_id or Path(args.output_dir).name,

@@ -1,10 +1,15 @@
-"""Shared test helpers: realistic generated images and COCO annotations, EXIF-tagged and 16-bit files, non-trivial
-normalisation statistics for parity tests."""
+"""Shared test helpers: realistic generated images, COCO annotations and folders, cppe-5 `datasets` rows,
+EXIF-tagged and 16-bit files, non-trivial normalisation statistics for parity tests."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
+import json
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +111,192 @@ def randomize_feature_norms(model: torch.nn.Module, seed: int = 0) -> None:
             elif isinstance(module, torch.nn.GroupNorm):
                 fill(module.weight, 0.5, 1.5)
                 fill(module.bias, -0.3, 0.3)
+
+# ---------------------------------------------------------------------- COCO folder
+COCO_CATEGORIES = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 7, "name": "train"}, {"id": 18, "name": "dog"}]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class CocoFixture:
+    """A generated COCO folder: `root/annotations/instances_<split>.json`, images in `root/<split>/`."""
+
+    root: Path
+    annotation_files: dict[str, Path]
+    coco: dict[str, dict]  # split → the json written
+    rotated_file: str  # file name (val split) of the EXIF-rotated photo
+    empty_image_id: int  # val image without objects
+
+    def image_dir(self, split: str) -> Path:
+        return self.root / split
+
+
+def _polygon(rng: np.random.Generator, x: float, y: float, w: float, h: float) -> tuple[list[float], float]:
+    """A convex polygon (8 vertices on an ellipse) touching the box on all four sides, and its area."""
+    angles = np.sort(rng.uniform(0, 2 * np.pi, 8))
+    angles[:4] = [0.0, np.pi / 2, np.pi, 3 * np.pi / 2]
+    angles = np.sort(angles)
+    xs = x + w / 2 + (w / 2) * np.cos(angles)
+    ys = y + h / 2 + (h / 2) * np.sin(angles)
+    area = 0.5 * abs(float(np.dot(xs, np.roll(ys, -1)) - np.dot(ys, np.roll(xs, -1))))
+    return [float(v) for pair in zip(xs, ys) for v in pair], area
+
+
+def _crowd_rle(x0: int, y0: int, x1: int, y1: int, height: int, width: int) -> dict:
+    """Uncompressed COCO RLE (column-major runs, starting with background) of a filled rectangle."""
+    mask = np.zeros((height, width), dtype=np.uint8)
+    mask[y0:y1, x0:x1] = 1
+    flat = mask.flatten(order="F")
+    changes = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate([[0], changes, [flat.size]])
+    counts = np.diff(bounds).tolist()
+    if flat[0] == 1:
+        counts = [0, *counts]
+    return {"counts": counts, "size": [height, width]}
+
+
+def _draw(rng: np.random.Generator, height: int, width: int, boxes: list[list[float]]) -> np.ndarray:
+    pixels = rng.integers(0, 90, size=(height, width, 3), dtype=np.uint8)
+    for x, y, w, h in boxes:
+        x0, y0 = max(int(x), 0), max(int(y), 0)
+        pixels[y0 : int(y + h), x0 : int(x + w)] = rng.integers(120, 255, size=3, dtype=np.uint8)
+    return pixels
+
+
+def _split(root: Path, split: str, num_images: int, seed: int, first_id: int) -> tuple[dict, str, int]:
+    rng = np.random.default_rng(seed)
+    (root / split).mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    rotated_file, empty_id = "", -1
+    for k in range(num_images):
+        image_id = first_id + 7 * k  # sparse ids
+        width, height = (int(v) for v in rng.integers(300, 701, size=2))
+        boxes, is_empty, is_rotated = [], k == 1, k == 2
+        if not is_empty:
+            if k % 3 == 0:  # a crowd region over a large part of the image
+                cw, ch = int(width * rng.uniform(0.4, 0.7)), int(height * rng.uniform(0.4, 0.7))
+                cx, cy = int(rng.integers(0, width - cw)), int(rng.integers(0, height - ch))
+                rle = _crowd_rle(cx, cy, cx + cw, cy + ch, height, width)
+                annotations.append(
+                    {"id": 1000 + len(annotations), "image_id": image_id, "category_id": COCO_CATEGORIES[k % 4]["id"],
+                     "bbox": [float(cx), float(cy), float(cw), float(ch)], "area": float(cw * ch), "iscrowd": 1,
+                     "segmentation": rle}
+                )  # fmt: skip
+            for _ in range(int(rng.integers(1, 31))):
+                w, h = float(rng.uniform(8, width / 3)), float(rng.uniform(8, height / 3))
+                x, y = float(rng.uniform(0, width - w)), float(rng.uniform(0, height - h))
+                polygon, area = _polygon(rng, x, y, w, h)
+                boxes.append([x, y, w, h])
+                annotations.append(
+                    {"id": 1000 + len(annotations), "image_id": image_id,
+                     "category_id": int(rng.choice([c["id"] for c in COCO_CATEGORIES])),
+                     "bbox": [x, y, w, h], "area": area, "iscrowd": 0, "segmentation": [polygon]}
+                )  # fmt: skip
+        upright = PIL.Image.fromarray(_draw(rng, height, width, boxes))
+        name = f"{image_id:012d}.jpg"
+        if is_rotated:
+            # Stored sideways with orientation 6 ("rotate 90° clockwise to view"); the json describes the
+            # upright photo, as a viewer shows it.
+            exif = PIL.Image.Exif()
+            exif[EXIF_ORIENTATION] = 6
+            upright.transpose(PIL.Image.Transpose.ROTATE_90).save(root / split / name, quality=92, exif=exif)
+            rotated_file = name
+        else:
+            upright.save(root / split / name, quality=92)
+        if is_empty:
+            empty_id = image_id
+        images.append({"id": image_id, "file_name": name, "width": width, "height": height})
+    coco = {"images": images, "annotations": annotations, "categories": COCO_CATEGORIES}
+    return coco, rotated_file, empty_id
+
+
+def make_coco_folder(root: Path, num_train: int = 6, num_val: int = 5, seed: int = 0) -> CocoFixture:
+    """A realistic COCO folder: JPEGs of 300-700 px (mixed aspect), 1-30 objects per image with polygon
+    segmentations and their areas, category ids 1, 3, 7, 18, large crowd regions (RLE), an image without
+    objects and an EXIF-rotated photo in each split."""
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    files, cocos = {}, {}
+    rotated, empty = "", -1
+    for split, count, offset in (("train", num_train, 0), ("val", num_val, 1)):
+        coco, rotated_file, empty_id = _split(root, split, count, seed + offset, first_id=1 + 10_000 * offset)
+        files[split] = root / "annotations" / f"instances_{split}.json"
+        files[split].write_text(json.dumps(coco))
+        cocos[split] = coco
+        if split == "val":
+            rotated, empty = rotated_file, empty_id
+    return CocoFixture(root=root, annotation_files=files, coco=cocos, rotated_file=rotated, empty_image_id=empty)
+
+
+def coco_folder_argv(fixture: CocoFixture) -> list[str]:
+    """The training-script flags that train on `fixture`."""
+    return [
+        "--coco_dir", str(fixture.root), "--train_annotations", "annotations/instances_train.json",
+        "--val_annotations", "annotations/instances_val.json",
+    ]  # fmt: skip
+
+
+def pycocotools_stats(annotation_file: Path, results_file: Path) -> list[float]:
+    """The 12 COCOeval box stats of pycocotools itself on two json files (the reference implementation)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(annotation_file))
+        evaluator = COCOeval(gt, gt.loadRes(str(results_file)), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return [float(v) for v in evaluator.stats]
+
+
+# ---------------------------------------------------------------------- cppe-5 `datasets`
+CPPE5_NAMES = ["Coverall", "Face_Shield", "Gloves", "Goggles", "Mask"]
+
+
+def cppe5_rows(num_rows: int, seed: int = 0, string_categories: bool = False) -> list[dict]:
+    """Rows in the cppe-5 schema (PIL images of 300-500 px, 1-6 objects, xywh boxes, areas, ids)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in range(num_rows):
+        width, height = (int(v) for v in rng.integers(300, 501, size=2))
+        objects = {"id": [], "area": [], "bbox": [], "category": []}
+        for _ in range(int(rng.integers(1, 7))):
+            w, h = float(rng.uniform(10, width / 2)), float(rng.uniform(10, height / 2))
+            x, y = float(rng.uniform(0, width - w)), float(rng.uniform(0, height - h))
+            category = int(rng.integers(0, len(CPPE5_NAMES)))
+            objects["id"].append(100 * k + len(objects["id"]))
+            objects["area"].append(w * h)
+            objects["bbox"].append([x, y, w, h])
+            objects["category"].append(CPPE5_NAMES[category] if string_categories else category)
+        image = PIL.Image.fromarray(_draw(rng, height, width, objects["bbox"]))
+        rows.append({"image": image, "image_id": 500 + k, "width": width, "height": height, "objects": objects})
+    return rows
+
+
+def write_imagefolder(folder: Path, splits: dict[str, list[dict]]) -> Path:
+    """An imagefolder: `<folder>/<split>/*.png` + metadata.jsonl (file_name, image_id, width, height, objects)."""
+    for split, rows in splits.items():
+        (folder / split).mkdir(parents=True, exist_ok=True)
+        lines = []
+        for row in rows:
+            name = f"{row['image_id']}.png"
+            row["image"].save(folder / split / name)
+            meta = {"file_name": name, **{k: v for k, v in row.items() if k != "image"}}
+            lines.append(json.dumps(meta))
+        (folder / split / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+# ---------------------------------------------------------------------- example scripts
+TINY_TRAINING_ARGV = [
+    "--backbone", "test_resnet", "--d_model", "32", "--encoder_layers", "1", "--decoder_layers", "1",
+    "--num_heads", "4", "--ffn_dim", "64", "--num_queries", "12", "--report_to", "none",
+]  # fmt: skip
+
+
+def load_example(name: str):
+    """examples/<name>.py as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(f"example_{name}_helpers", ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

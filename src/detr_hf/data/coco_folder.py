@@ -1,38 +1,29 @@
-"""Load a COCO folder (images + instances_*.json) into the cppe-5 schema, skipping what cannot be read."""
+"""A COCO folder (images + instances_*.json) read lazily in the cppe-5 schema: the json is parsed and checked
+at start-up, each image only when its row is read."""
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import datasets
-from PIL import Image
 
 from detr_hf.data.schema import detection_features
+from detr_hf.image_inputs import open_image
 
-__all__ = ["load_coco_folder", "coco_category_ids"]
+__all__ = ["CocoFolder", "coco_category_ids", "load_coco_folder"]
 
 logger = logging.getLogger(__name__)
 
 _MAPPING_KEY = "coco_category_ids"
 
 
-def _readable_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) of a fully decodable image, None if missing, corrupt or truncated."""
-    try:
-        with Image.open(path) as image:
-            image.load()  # a full decode: `verify()` misses truncated pixel data
-            return image.size
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return None
-
-
-def _category_table(categories: list[dict], annotation_file: str) -> tuple[dict[int, int], list[str]]:
-    """COCO ids (any order, gaps allowed) → contiguous labels 0..N-1 in ascending id order, and the names."""
+def _category_table(categories: list[dict], annotation_file: str) -> tuple[list[int], list[str]]:
+    """COCO ids (any order, gaps allowed) in ascending order, and their names: label i is category_ids[i]."""
     by_id: dict[int, str] = {}
     for k, cat in enumerate(categories):
         if "id" not in cat or "name" not in cat:
@@ -44,137 +35,148 @@ def _category_table(categories: list[dict], annotation_file: str) -> tuple[dict[
     if len(set(names)) != len(names):
         duplicated = sorted({n for n in names if names.count(n) > 1})
         raise ValueError(f"{annotation_file}: category names must be unique, repeated: {duplicated}")
-    return {coco_id: label for label, coco_id in enumerate(sorted(by_id))}, names
+    return sorted(by_id), names
 
 
-def clip_xywh_box(bbox: list, width: int, height: int) -> tuple[list[float], bool] | None:
-    """COCO [x, y, w, h] clipped to a `width`×`height` image as (box, was_clipped); None when nothing of it
-    is left or a value is not finite."""
-    x, y, w, h = (float(v) for v in bbox)
-    if not all(math.isfinite(v) for v in (x, y, w, h)):
-        return None
-    x0, y0 = max(x, 0.0), max(y, 0.0)
-    x1, y1 = min(x + w, float(width)), min(y + h, float(height))
-    if x1 <= x0 or y1 <= y0:
-        return None
-    clipped = [x0, y0, x1 - x0, y1 - y0]
-    return clipped, clipped != [x, y, w, h]
+def _check_annotation(ann: Any, k: int, labels: dict[int, int], images: dict, annotation_file: Path) -> None:
+    ann_id = ann.get("id", f"#{k}")
+    if ann.get("category_id") not in labels:
+        raise ValueError(
+            f"{annotation_file}: annotation id {ann_id} has category_id {ann.get('category_id')!r}, "
+            f"not among the categories {sorted(labels)}"
+        )
+    if ann.get("image_id") not in images:
+        raise ValueError(f"{annotation_file}: annotation id {ann_id} names unknown image_id {ann.get('image_id')!r}")
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(isinstance(v, int | float) for v in bbox):
+        raise ValueError(f"{annotation_file}: annotation id {ann_id} has bbox {bbox!r}, expected [x, y, w, h]")
+
+
+class CocoFolder:
+    """A COCO detection folder as rows `{image, image_id, width, height, objects{id, area, bbox, category,
+    iscrowd}}` (the cppe-5 schema plus COCO's crowd flag); `len`, indexing and iteration like a dataset.
+
+    - Start-up parses and checks the json only (no image is opened): an annotation naming an unknown
+      category or image, or a malformed bbox → ValueError naming its id.
+    - Category ids (any, non-contiguous) map to labels 0..N-1 in ascending id order: label i is COCO id
+      `category_ids[i]`, named `class_names[i]`.
+    - `folder[i]` opens image i upright (EXIF orientation applied: COCO boxes refer to the image as a viewer
+      shows it); a missing, corrupt or truncated file, or one whose upright size is not the json's
+      width × height, raises OSError/ValueError naming the file (the training dataset skips and counts it).
+    - Boxes, areas and crowd regions are the json's own (clipping happens in the training transforms);
+      `coco` is the parsed json, the ground truth COCO evaluation uses.
+    """
+
+    def __init__(self, image_dir: str | os.PathLike, annotation_file: str | os.PathLike) -> None:
+        self.image_dir, self.annotation_file = Path(image_dir), Path(annotation_file)
+        with open(self.annotation_file) as f:
+            coco = json.load(f)
+        if not isinstance(coco, dict):
+            raise ValueError(f"{self.annotation_file}: expected a COCO json object, got {type(coco).__name__}")
+        for key in ("images", "annotations", "categories"):
+            if not isinstance(coco.get(key), list):
+                raise ValueError(f"{self.annotation_file}: missing or invalid top-level list {key!r}")
+        self.coco = coco
+        self.category_ids, self.class_names = _category_table(coco["categories"], str(self.annotation_file))
+        self._label_of = {coco_id: label for label, coco_id in enumerate(self.category_ids)}
+        self._images = coco["images"]
+        by_id = {}
+        for k, img in enumerate(self._images):
+            if "id" not in img or "file_name" not in img:
+                raise ValueError(f"{self.annotation_file}: images[{k}] lacks 'id' or 'file_name'")
+            by_id[img["id"]] = img
+        if len(by_id) != len(self._images):
+            raise ValueError(f"{self.annotation_file}: repeated image ids")
+        self._annotations: dict[Any, list[dict]] = defaultdict(list)
+        for k, ann in enumerate(coco["annotations"]):
+            _check_annotation(ann, k, self._label_of, by_id, self.annotation_file)
+            self._annotations[ann["image_id"]].append(ann)
+        self.column_names = ["image", "image_id", "width", "height", "objects"]
+        self.features = detection_features(self.class_names, with_crowd=True)
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def path(self, index: int) -> Path:
+        return self.image_dir / self._images[index]["file_name"]
+
+    def objects(self, index: int) -> dict[str, list]:
+        """Row `index`'s objects (no image opened)."""
+        anns = self._annotations.get(self._images[index]["id"], [])
+        return {
+            "id": [int(a.get("id", -1)) for a in anns],
+            "area": [float(a["area"]) if a.get("area") is not None else a["bbox"][2] * a["bbox"][3] for a in anns],
+            "bbox": [[float(v) for v in a["bbox"]] for a in anns],
+            "category": [self._label_of[a["category_id"]] for a in anns],
+            "iscrowd": [int(bool(a.get("iscrowd", 0))) for a in anns],
+        }
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        img = self._images[index]
+        path = self.path(index)
+        image = open_image(path)
+        width, height = img.get("width"), img.get("height")
+        if width is not None and height is not None and image.size != (width, height):
+            raise ValueError(
+                f"{path}: the json says {width}x{height} but the upright image is {image.size[0]}x{image.size[1]}"
+            )
+        return {
+            "image": image,
+            "image_id": img["id"],
+            "width": image.size[0],
+            "height": image.size[1],
+            "objects": self.objects(index),
+        }
+
+    def to_dataset(self, verify_images: bool = True) -> datasets.Dataset:
+        """The folder as an in-memory `datasets.Dataset` (images decoded by `datasets` when read). With
+        `verify_images`, every image is decoded once now and unreadable ones are left out (one counted
+        warning; ValueError if none is readable): meant for small folders, training reads the folder lazily."""
+        rows: dict[str, list] = {name: [] for name in self.column_names}
+        unreadable = []
+        for index, img in enumerate(self._images):
+            if verify_images:
+                try:
+                    self[index]
+                except (OSError, ValueError, SyntaxError):
+                    unreadable.append(img["file_name"])
+                    continue
+            rows["image"].append(str(self.path(index)))
+            rows["image_id"].append(img["id"])
+            rows["width"].append(img.get("width"))
+            rows["height"].append(img.get("height"))
+            rows["objects"].append(self.objects(index))
+        if self._images and len(unreadable) == len(self._images):
+            raise ValueError(
+                f"{self.annotation_file}: no readable image among {len(self._images)} in {self.image_dir} "
+                f"(missing, corrupt, truncated or of another size than the json says; first: {', '.join(unreadable[:5])})"
+            )
+        if unreadable:
+            logger.warning(
+                "%s: skipped %d of %d images that are missing, corrupt, truncated or of another size than "
+                "the json says (first: %s)",
+                self.annotation_file, len(unreadable), len(self._images), ", ".join(unreadable[:5]),
+            )  # fmt: skip
+        info = datasets.DatasetInfo(description=json.dumps({_MAPPING_KEY: self.category_ids}), features=self.features)
+        return datasets.Dataset.from_dict(rows, features=self.features, info=info)
 
 
 def load_coco_folder(
-    image_dir: str | os.PathLike,
-    annotation_file: str | os.PathLike,
-    verify_images: bool = True,
+    image_dir: str | os.PathLike, annotation_file: str | os.PathLike, verify_images: bool = True
 ) -> datasets.Dataset:
-    """A COCO detection folder as a `datasets.Dataset` in the cppe-5 schema (images decoded lazily).
-
-    - Category ids (any, non-contiguous) map to ClassLabel indices in ascending id order; the COCO id of
-      label i is `coco_category_ids(dataset)[i]`.
-    - Images that are missing, corrupt, truncated, or whose size disagrees with the json are skipped
-      (one counted warning) when `verify_images` (a full decode of every image, once, at load time).
-    - Images without annotations are kept (empty `objects`); crowd annotations are left out.
-    - Boxes reaching outside the image are clipped; boxes with nothing left are dropped (one counted warning).
-    - An annotation naming an unknown category or image, or a malformed bbox → ValueError naming its id.
-    """
-    image_dir, annotation_file = Path(image_dir), Path(annotation_file)
-    with open(annotation_file) as f:
-        coco = json.load(f)
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(coco.get(key), list):
-            raise ValueError(f"{annotation_file}: missing or invalid top-level list {key!r}")
-    label_of, names = _category_table(coco["categories"], str(annotation_file))
-    images = {int(img["id"]): img for img in coco["images"]}
-
-    per_image: dict[int, list[dict]] = defaultdict(list)
-    for k, ann in enumerate(coco["annotations"]):
-        ann_id = ann.get("id", f"#{k}")
-        if ann.get("category_id") not in label_of:
-            raise ValueError(
-                f"{annotation_file}: annotation id {ann_id} has category_id {ann.get('category_id')!r}, "
-                f"not among the categories {sorted(label_of)}"
-            )
-        if ann.get("image_id") not in images:
-            raise ValueError(
-                f"{annotation_file}: annotation id {ann_id} names unknown image_id {ann.get('image_id')!r}"
-            )
-        bbox = ann.get("bbox")
-        if not isinstance(bbox, list) or len(bbox) != 4:
-            raise ValueError(
-                f"{annotation_file}: annotation id {ann_id} has bbox {bbox!r}, expected [x, y, w, h]"
-            )
-        per_image[int(ann["image_id"])].append(ann)
-
-    rows: dict[str, list] = {"image": [], "image_id": [], "width": [], "height": [], "objects": []}
-    unreadable: list[str] = []
-    dropped_boxes, clipped_boxes, crowd = 0, 0, 0
-    for image_id, img in images.items():
-        path = image_dir / img["file_name"]
-        width, height = img.get("width"), img.get("height")
-        if verify_images:
-            size = _readable_size(path)
-            if size is None or (width is not None and height is not None and size != (width, height)):
-                unreadable.append(img["file_name"])
-                continue
-            width, height = size
-        elif width is None or height is None:
-            raise ValueError(
-                f"{annotation_file}: image id {image_id} lacks width/height (needed without verify_images)"
-            )
-        objects: dict[str, list] = {"id": [], "area": [], "bbox": [], "category": []}
-        for ann in per_image.get(image_id, []):
-            if ann.get("iscrowd", 0):
-                crowd += 1
-                continue
-            clipped = clip_xywh_box(ann["bbox"], width, height)
-            if clipped is None:
-                dropped_boxes += 1
-                continue
-            box, was_clipped = clipped
-            clipped_boxes += was_clipped
-            area = ann.get("area")
-            objects["id"].append(int(ann.get("id", -1)))
-            objects["area"].append(box[2] * box[3] if was_clipped or area is None else float(area))
-            objects["bbox"].append(box)
-            objects["category"].append(label_of[ann["category_id"]])
-        rows["image"].append(str(path))
-        rows["image_id"].append(image_id)
-        rows["width"].append(width)
-        rows["height"].append(height)
-        rows["objects"].append(objects)
-
-    if images and len(unreadable) == len(images):
-        # An empty dataset would only fail later, far from the cause.
-        raise ValueError(
-            f"{annotation_file}: no readable image among {len(images)} in {image_dir} "
-            f"(missing, corrupt, truncated or of another size than the json says; first: {', '.join(unreadable[:5])})"
-        )
-    if unreadable:
-        logger.warning(
-            "%s: skipped %d of %d images that are missing, corrupt, truncated or of another size than "
-            "the json says (first: %s)",
-            annotation_file,
-            len(unreadable),
-            len(images),
-            ", ".join(unreadable[:5]),
-        )
-    if dropped_boxes or clipped_boxes:
-        logger.warning(
-            "%s: dropped %d boxes with no area inside their image; clipped %d boxes to the image",
-            annotation_file,
-            dropped_boxes,
-            clipped_boxes,
-        )
-    if crowd:
-        logger.info("%s: left out %d crowd annotations", annotation_file, crowd)
-
-    features = detection_features(names)
-    info = datasets.DatasetInfo(description=json.dumps({_MAPPING_KEY: sorted(label_of)}), features=features)
-    return datasets.Dataset.from_dict(rows, features=features, info=info)
+    """A COCO folder as an in-memory `datasets.Dataset` (`CocoFolder(...).to_dataset(verify_images)`); the
+    training scripts use the lazy `CocoFolder` instead, which starts without opening any image."""
+    return CocoFolder(image_dir, annotation_file).to_dataset(verify_images)
 
 
-def coco_category_ids(dataset: datasets.Dataset) -> list[int]:
-    """COCO category id of each ClassLabel index of a dataset made by `load_coco_folder`."""
+def coco_category_ids(dataset: Any) -> list[int]:
+    """COCO category id of each label of a `CocoFolder` or of a dataset made by `load_coco_folder`."""
+    if isinstance(dataset, CocoFolder):
+        return list(dataset.category_ids)
     try:
         return list(json.loads(dataset.info.description)[_MAPPING_KEY])
-    except (TypeError, ValueError, KeyError):
+    except (AttributeError, TypeError, ValueError, KeyError):
         raise ValueError("dataset carries no COCO category mapping (not made by load_coco_folder)") from None

@@ -7,9 +7,10 @@ import datasets
 __all__ = ["detection_features"]
 
 
-def detection_features(class_names: list[str]) -> datasets.Features:
-    """Features `image, image_id, width, height, objects{id, area, bbox (COCO xywh), category}`."""
-    return datasets.Features(
+def detection_features(class_names: list[str], with_crowd: bool = False) -> datasets.Features:
+    """Features `image, image_id, width, height, objects{id, area, bbox (COCO xywh), category}`, plus
+    `objects.iscrowd` (COCO's crowd flag, 0/1) when `with_crowd`."""
+    features = datasets.Features(
         {
             "image": datasets.Image(),
             "image_id": datasets.Value("int64"),
@@ -23,3 +24,6 @@ def detection_features(class_names: list[str]) -> datasets.Features:
             },
         }
     )
+    if with_crowd:
+        features["objects"]["iscrowd"] = datasets.List(datasets.Value("int8"))
+    return features

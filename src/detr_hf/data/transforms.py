@@ -1,4 +1,4 @@
-"""DETR augmentation with torchvision.transforms.v2, and the cppe-5 row → (image, COCO target) mapping."""
+"""DETR augmentation with torchvision.transforms.v2 on (image, boxes, labels), where training boxes are clipped."""
 
 from __future__ import annotations
 
@@ -6,16 +6,19 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from detr_hf.data.pixels import image_tensor
+
 __all__ = [
     "COCO_TRAIN_SCALES",
     "RandomSizeCrop",
+    "box_cleanup",
     "build_train_transform",
     "build_eval_transform",
+    "transform_boxes",
     "transform_example",
     "make_transform_fn",
 ]
@@ -56,8 +59,9 @@ class RandomSizeCrop(v2.Transform):
         return self._call_kernel(F.crop, inpt, **params)
 
 
-def _box_cleanup(min_box_size: float) -> list[v2.Transform]:
-    # Clamp to the canvas, then drop boxes that became (nearly) empty together with their labels.
+def box_cleanup(min_box_size: float = 1.0) -> list[v2.Transform]:
+    """The one place training boxes are clipped: clamp to the image, then drop boxes thinner than
+    `min_box_size` px (or not finite) together with their labels. Every transform built here ends with it."""
     return [
         v2.ClampBoundingBoxes(),
         v2.SanitizeBoundingBoxes(min_size=min_box_size, min_area=min_box_size**2),
@@ -94,26 +98,14 @@ def build_train_transform(
             ]
         )
         resize = v2.RandomChoice([multi_scale, crop])
-    return v2.Compose([v2.RandomHorizontalFlip(p=flip_prob), resize, *_box_cleanup(min_box_size)])
+    return v2.Compose([v2.RandomHorizontalFlip(p=flip_prob), resize, *box_cleanup(min_box_size)])
 
 
 def build_eval_transform(size: int = 800, max_size: int = 1333, min_box_size: float = 1.0) -> v2.Compose:
     """Deterministic shortest-side resize to `size` (long side ≤ `max_size`); boxes clamped and sanitised."""
     return v2.Compose(
-        [v2.RandomShortestSize(min_size=[size], max_size=max_size), *_box_cleanup(min_box_size)]
+        [v2.RandomShortestSize(min_size=[size], max_size=max_size), *box_cleanup(min_box_size)]
     )
-
-
-def _to_image_tensor(image: Any, where: str) -> torch.Tensor:
-    if isinstance(image, Image.Image):
-        if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
-            # Over white, as DetrHfImageProcessor does at inference (a plain convert would drop alpha).
-            rgba = image.convert("RGBA")
-            image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-        return F.pil_to_tensor(image if image.mode == "RGB" else image.convert("RGB"))
-    if isinstance(image, torch.Tensor) and image.ndim == 3 and image.dtype == torch.uint8:
-        return image
-    raise TypeError(f"{where}: expected a PIL image or a uint8 CHW tensor, got {type(image).__name__}")
 
 
 def _boxes_tensor(bboxes: Any, where: str) -> torch.Tensor:
@@ -127,21 +119,19 @@ def _boxes_tensor(bboxes: Any, where: str) -> torch.Tensor:
     return boxes
 
 
-def transform_example(
+def transform_boxes(
     transform: Callable[[dict], dict] | None,
-    image: Any,
+    pixels: torch.Tensor,
     bboxes_xywh: Any,
-    categories: Any,
+    labels: torch.Tensor,
     where: str = "example",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Apply `transform` to one image and its COCO boxes.
+    """Apply `transform` to an image [C, H, W] and its COCO boxes [x, y, w, h] (converted once to XYXY).
 
-    Returns (image uint8 [3, H', W'], boxes float [N', 4] COCO xywh in the transformed image, labels int64 [N']).
-    `transform=None` only converts. `where` names the example in error messages.
+    Returns (image [C, H', W'], boxes float [N', 4] absolute XYXY in the transformed image, labels int64 [N']).
+    `transform=None` only clips (`box_cleanup`); a transform of your own must end with `box_cleanup()`.
     """
-    pixels = _to_image_tensor(image, where)
     boxes = _boxes_tensor(bboxes_xywh, where)
-    labels = torch.as_tensor(categories, dtype=torch.int64).reshape(-1)
     if labels.shape[0] != boxes.shape[0]:
         raise ValueError(f"{where}: {boxes.shape[0]} boxes but {labels.shape[0]} categories")
     sample = {
@@ -152,14 +142,33 @@ def transform_example(
         ),
         "labels": labels,
     }
-    if transform is not None:
-        sample = transform(sample)
-    out_boxes = F.convert_bounding_box_format(sample["boxes"], new_format=tv_tensors.BoundingBoxFormat.XYWH)
+    sample = (transform or v2.Compose(box_cleanup()))(sample)
     return (
         sample["image"].as_subclass(torch.Tensor),
-        out_boxes.as_subclass(torch.Tensor),
+        sample["boxes"].as_subclass(torch.Tensor),
         sample["labels"],
     )
+
+
+def transform_example(
+    transform: Callable[[dict], dict] | None,
+    image: Any,
+    bboxes_xywh: Any,
+    categories: Any,
+    where: str = "example",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Apply `transform` to one image (PIL, array or tensor; decoded like the processor: upright, alpha on
+    white, 16-bit scaled) and its COCO boxes.
+
+    Returns (image [3, H', W'] uint8, or float in [0, 1] for 16-bit/float images; boxes float [N', 4] COCO
+    xywh in the transformed image; labels int64 [N']). `where` names the example in error messages.
+    """
+    labels = torch.as_tensor(categories, dtype=torch.int64).reshape(-1)
+    pixels, boxes, labels = transform_boxes(transform, image_tensor(image, where), bboxes_xywh, labels, where)
+    return pixels, F.convert_bounding_box_format(
+        tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=tuple(pixels.shape[-2:])),
+        new_format=tv_tensors.BoundingBoxFormat.XYWH,
+    ).as_subclass(torch.Tensor), labels
 
 
 def _coco_target(image_id: int, boxes_xywh: torch.Tensor, labels: torch.Tensor, areas: torch.Tensor) -> dict:
@@ -173,10 +182,11 @@ def _coco_target(image_id: int, boxes_xywh: torch.Tensor, labels: torch.Tensor, 
 def make_transform_fn(
     transform: Callable[[dict], dict] | None, label_field: str = "category"
 ) -> Callable[[dict[str, list]], dict[str, list]]:
-    """A batch function for `Dataset.with_transform` on a cppe-5 style dataset.
+    """A batch function for `Dataset.with_transform` on a cppe-5 style dataset, for feeding an image processor
+    with COCO annotations (the training scripts use `DetectionDataset`, whose samples carry labels directly).
 
     Each output row has:
-      - "image": uint8 tensor [3, H', W'] (transformed; no normalisation or padding),
+      - "image": tensor [3, H', W'] (transformed; no normalisation or padding; see `transform_example`),
       - "target": {"image_id", "annotations": [{"bbox" xywh, "category_id", "area" (= w·h), "iscrowd": 0}]}
         in the transformed image's pixels (what the image processor takes with `do_resize=False`),
       - "size": [H', W'], "orig_size": [H, W] (the decoded original image; pass it as `target_sizes` to
@@ -192,8 +202,9 @@ def make_transform_fn(
             where = f"image_id {image_id} (batch row {row})"
             if label_field not in objects:
                 raise ValueError(f"{where}: objects has no field {label_field!r} (fields: {sorted(objects)})")
+            original = image_tensor(image, where)
             pixels, boxes, labels = transform_example(
-                transform, image, objects["bbox"], objects[label_field], where
+                transform, original, objects["bbox"], objects[label_field], where
             )
             orig_boxes = _boxes_tensor(objects["bbox"], where)
             orig_labels = torch.as_tensor(objects[label_field], dtype=torch.int64).reshape(-1)
@@ -203,8 +214,7 @@ def make_transform_fn(
             out["image"].append(pixels)
             out["target"].append(_coco_target(image_id, boxes, labels, boxes[:, 2] * boxes[:, 3]))
             out["size"].append(list(pixels.shape[-2:]))
-            orig_hw = image.size[::-1] if isinstance(image, Image.Image) else tuple(image.shape[-2:])
-            out["orig_size"].append(list(orig_hw))
+            out["orig_size"].append(list(original.shape[-2:]))
             out["orig_target"].append(_coco_target(image_id, orig_boxes, orig_labels, orig_areas))
         return out
 

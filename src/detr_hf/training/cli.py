@@ -9,12 +9,12 @@ from typing import Any
 import datasets
 
 from detr_hf.configuration_detr_hf import DetrHfConfig
+from detr_hf.data import DetectionDataset, check_categories, class_names_of, load_detection_splits
 from detr_hf.data.coco_folder import coco_category_ids
 from detr_hf.data.transforms import build_eval_transform, build_train_transform
 from detr_hf.image_processing_detr_hf import DetrHfImageProcessor
 from detr_hf.modeling_detr_hf import DetrHfForObjectDetection
 from detr_hf.training.class_head import plan_head_transfer, transfer_class_head
-from detr_hf.training.data import DetectionDataset, check_categories, class_names_of, load_detection_splits
 from detr_hf.training.optim import SCHEDULES
 from detr_hf.training.recipes import RECIPES, resolve_recipe
 
@@ -53,12 +53,23 @@ def make_parser(description: str | None, *, output_dir: str, report_to: str) -> 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data (default: the built-in synthetic shapes)")
-    group.add_argument("--dataset_name", default=None, help="HF dataset name or local path (cppe-5 schema)")
+    group.add_argument(
+        "--dataset_name", default=None,
+        help="cppe-5 schema: a Hub id, a save_to_disk folder (DatasetDict or one split) or an imagefolder with metadata.jsonl",
+    )  # fmt: skip
     group.add_argument("--dataset_config", default=None, help="dataset configuration name")
     group.add_argument("--coco_dir", default=None, help="COCO folder (images + annotations/instances_*.json)")
     group.add_argument("--train_annotations", default=None, help="train json, relative to --coco_dir")
     group.add_argument("--val_annotations", default=None, help="validation json, relative to --coco_dir")
-    group.add_argument("--label_field", default="category", help="objects.<field> holding class ids")
+    group.add_argument("--label_field", default="category", help="objects.<field> holding class ids or names")
+    group.add_argument(
+        "--label_names", default=None,
+        help="comma-separated class names (label i = name i) when the dataset has no ClassLabel feature",
+    )  # fmt: skip
+    group.add_argument(
+        "--train_val_split", type=float, default=0.15,
+        help="fraction of train held out for validation when --dataset_name has no validation split",
+    )  # fmt: skip
     group.add_argument("--synthetic_train_size", type=int, default=4000)
     group.add_argument("--synthetic_val_size", type=int, default=250)
     group.add_argument("--synthetic_image_size", type=int, default=64)
@@ -221,6 +232,9 @@ def build_datasets(args: argparse.Namespace, seed: int) -> tuple[DetectionDatase
         num_validation=args.synthetic_val_size,
         image_size=args.synthetic_image_size,
         seed=seed,
+        train_val_split=args.train_val_split,
+        label_field=args.label_field,
+        label_names=[n.strip() for n in args.label_names.split(",")] if args.label_names else None,
     )
     return wrap_splits(train_raw, val_raw, args, seed)
 

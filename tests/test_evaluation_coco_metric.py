@@ -1,4 +1,4 @@
-"""COCO mAP (detr_hf.coco_evaluation) against pycocotools and hand-computable fixtures."""
+"""COCO mAP (detr_hf.evaluation.coco_metric) against pycocotools and hand-computable fixtures."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from pycocotools.coco import COCO as PyCOCO
 from pycocotools.cocoeval import COCOeval as PyCOCOeval
 
-from detr_hf.coco_evaluation import COCO_METRIC_NAMES, CocoMeanAveragePrecision, compute_coco_map
+from detr_hf.evaluation import COCO_METRIC_NAMES, CocoMeanAveragePrecision, compute_coco_map
 
 
 def _random_fixture(seed: int, num_images: int = 40, num_classes: int = 3, size: float = 300.0):
