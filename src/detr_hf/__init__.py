@@ -8,7 +8,10 @@ from transformers import (
     AutoModelForObjectDetection,
     AutoVideoProcessor,
 )
-from transformers.models.auto.modeling_auto import MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_IMAGE_SEGMENTATION_MAPPING_NAMES,
+    MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES,
+)
 
 from .configuration_detr_hf import DetrHfConfig
 from .image_processing_detr_hf import DetrHfImageProcessor
@@ -38,6 +41,7 @@ AutoImageProcessor.register(
 AutoVideoProcessor.register(DetrHfConfig, video_processor_classes={}, exist_ok=True)
 # pipeline("object-detection") checks support against transformers' own name table, not the Auto registry.
 MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES.setdefault(DetrHfConfig.model_type, DetrHfForObjectDetection.__name__)
+MODEL_FOR_IMAGE_SEGMENTATION_MAPPING_NAMES.setdefault(DetrHfConfig.model_type, DetrHfForSegmentation.__name__)
 # Saved folders carry their code: each class records itself in `auto_map` (see detr_hf.sharing).
 DetrHfConfig.register_for_auto_class("AutoConfig")
 DetrHfModel.register_for_auto_class("AutoModel")

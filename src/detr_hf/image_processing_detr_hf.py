@@ -12,7 +12,7 @@ from transformers import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 
 from .annotations import normalize_category_mapping
-from .box_ops import denormalize_boxes
+from .detection_post_processing import post_process_object_detection as _object_detection
 from .image_inputs import as_annotation_list, as_image_list, check_unit_range, prepare_image
 from .image_processor_options import (
     check_format,
@@ -331,38 +331,7 @@ class DetrHfImageProcessor(BaseImageProcessor):
         `top_k`. Boxes are scaled to `target_sizes` [(h, w), ...] (usually each image's original size) and
         clipped to the image; without `target_sizes` they stay relative, clipped to [0, 1].
         """
-        logits, pred_boxes = _output_field(outputs, "logits"), _output_field(outputs, "pred_boxes")
-        if logits.ndim != 3 or pred_boxes.shape != (*logits.shape[:2], 4):
-            raise ValueError(
-                f"expected logits [B, Q, C+1] and pred_boxes [B, Q, 4], got {tuple(logits.shape)} and "
-                f"{tuple(pred_boxes.shape)}"
-            )
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
-        batch = logits.shape[0]
-        if target_sizes is None:
-            sizes = torch.ones(batch, 2, dtype=torch.float32, device=logits.device)
-        else:
-            sizes = torch.as_tensor(target_sizes, dtype=torch.float32).to(logits.device).reshape(-1, 2)
-            if sizes.shape[0] != batch:
-                raise ValueError(
-                    f"target_sizes has {sizes.shape[0]} entries for a batch of {batch} predictions"
-                )
-
-        scores, labels = logits.float().softmax(-1)[..., :-1].max(-1)
-        boxes = denormalize_boxes(pred_boxes.float(), sizes)  # [B, Q, 4] absolute xyxy
-        upper = sizes.flip(-1).repeat(1, 2).unsqueeze(1)  # [B, 1, 4] = (w, h, w, h)
-        boxes = torch.minimum(boxes.clamp(min=0), upper)
-
-        results = []
-        for image_scores, image_labels, image_boxes in zip(scores, labels, boxes):
-            keep = torch.nonzero(image_scores > threshold).squeeze(1)
-            order = image_scores[keep].argsort(descending=True, stable=True)
-            keep = keep[order[:top_k] if top_k is not None else order]
-            results.append(
-                {"scores": image_scores[keep], "labels": image_labels[keep], "boxes": image_boxes[keep]}
-            )
-        return results
+        return _object_detection(outputs, threshold=threshold, target_sizes=target_sizes, top_k=top_k)
 
     def post_process_panoptic_segmentation(
         self, outputs: Any, *args: Any, **kwargs: Any
@@ -379,13 +348,6 @@ class DetrHfImageProcessor(BaseImageProcessor):
     def post_process_semantic_segmentation(self, outputs: Any, *args: Any, **kwargs: Any) -> list[Any]:
         """Segmentation outputs → per-pixel class maps; see `segmentation_post_processing`."""
         return _semantic_segmentation(outputs, *args, **kwargs)
-
-
-def _output_field(outputs: Any, name: str) -> torch.Tensor:
-    value = outputs.get(name) if isinstance(outputs, Mapping) else getattr(outputs, name, None)
-    if not isinstance(value, torch.Tensor):
-        raise ValueError(f"outputs must carry a '{name}' tensor (a DetrHfObjectDetectionOutput or dict)")
-    return value
 
 
 def _to_numpy(data: dict[str, Any]) -> dict[str, Any]:

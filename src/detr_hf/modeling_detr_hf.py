@@ -2,80 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput, logging
+from transformers.utils import logging
 
 from .backbone import DetrHfBackbone
 from .box_head import BoxHead
 from .configuration_detr_hf import DetrHfConfig
 from .criterion import DetrHfLoss
-from .extra_queries import ExtraQueries, ExtraQueryStates
+from .extra_queries import ExtraQueries
 from .extra_query_loss import extra_query_loss
 from .hub_io import load_pretrained, push_to_hub, save_pretrained
+from .model_inputs import check_model_inputs, reject_unknown_kwargs
+from .modeling_outputs import DetrHfModelOutput, DetrHfObjectDetectionOutput
 from .position_encoding import LearnedPositionEncoding, build_position_encoding
 from .targets import PackedTargets, pack_targets_or_keep
-from .tracing import is_tracing
 from .transformer import DetrHfDecoder, DetrHfEncoder, TransformerLinear
 
 logger = logging.get_logger(__name__)
-
-
-@dataclass
-class DetrHfModelOutput(ModelOutput):
-    """Outputs of `DetrHfModel`.
-
-    last_hidden_state: [B, Q, d] final decoder output (after the decoder LayerNorm).
-    intermediate_hidden_states: [L, B, Q, d] every decoder layer's normalised output.
-    encoder_last_hidden_state: [B, h*w, d] encoder memory.
-    encoder_hidden_states: with `output_hidden_states`, encoder_layers + 1 tensors [B, h*w, d] (the input, then
-        every layer's output). decoder_hidden_states: decoder_layers + 1 tensors [B, Q, d] (the zero input, then
-        every layer's output before the shared decoder LayerNorm).
-    encoder_attentions [B, heads, h*w, h*w], decoder_attentions [B, heads, Q, Q], cross_attentions
-        [B, heads, Q, h*w]: with `output_attentions` under attn_implementation="eager", one per layer.
-    training_queries: in training with labels and extra queries on (see extra_queries.py), their layout and
-        decoder outputs; the fields above then still hold only the inference queries.
-    """
-
-    last_hidden_state: torch.Tensor | None = None
-    intermediate_hidden_states: torch.Tensor | None = None
-    encoder_last_hidden_state: torch.Tensor | None = None
-    encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
-    decoder_hidden_states: tuple[torch.Tensor, ...] | None = None
-    encoder_attentions: tuple[torch.Tensor, ...] | None = None
-    decoder_attentions: tuple[torch.Tensor, ...] | None = None
-    cross_attentions: tuple[torch.Tensor, ...] | None = None
-    training_queries: ExtraQueryStates | None = None
-
-
-@dataclass
-class DetrHfObjectDetectionOutput(ModelOutput):
-    """Outputs of `DetrHfForObjectDetection`.
-
-    loss: scalar total loss (when `labels` were given); loss_dict: its unweighted terms and logging metrics.
-    logits: [B, Q, num_labels + 1] (last = no object); pred_boxes: [B, Q, 4] normalised (cx, cy, w, h).
-    auxiliary_outputs: one dict {"logits", "pred_boxes"} per earlier decoder layer when `auxiliary_loss`.
-    training_query_outputs: training-only extra queries' predictions {"logits", "pred_boxes"} [L, B, T - Q, ...]
-        (other query groups, then denoising queries; see extra_queries.py), never in the fields above.
-    """
-
-    loss: torch.Tensor | None = None
-    loss_dict: dict | None = None
-    logits: torch.Tensor | None = None
-    pred_boxes: torch.Tensor | None = None
-    auxiliary_outputs: list[dict] | None = None
-    last_hidden_state: torch.Tensor | None = None
-    encoder_last_hidden_state: torch.Tensor | None = None
-    encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
-    decoder_hidden_states: tuple[torch.Tensor, ...] | None = None
-    encoder_attentions: tuple[torch.Tensor, ...] | None = None
-    decoder_attentions: tuple[torch.Tensor, ...] | None = None
-    cross_attentions: tuple[torch.Tensor, ...] | None = None
-    training_query_outputs: dict | None = None
 
 
 class DetrHfPreTrainedModel(PreTrainedModel):
@@ -137,16 +83,6 @@ class DetrHfPreTrainedModel(PreTrainedModel):
     def push_to_hub(self, repo_id: str, **kwargs):
         """`PreTrainedModel.push_to_hub` that uploads the generated model card (see `save_pretrained`)."""
         return push_to_hub(super().push_to_hub, self, repo_id, **kwargs)
-
-
-# Keywords transformers' Trainer may pass to any model's forward; everything else unknown is a caller's typo.
-_IGNORED_FORWARD_KWARGS = frozenset({"num_items_in_batch"})
-
-
-def _reject_unknown_kwargs(kwargs: dict) -> None:
-    unknown = sorted(set(kwargs) - _IGNORED_FORWARD_KWARGS)
-    if unknown:
-        raise TypeError(f"unexpected keyword argument(s) {unknown} (inputs are pixel_values, pixel_mask, labels)")
 
 
 def _torch_default_init(module: nn.Module) -> None:
@@ -220,7 +156,7 @@ class DetrHfModel(DetrHfPreTrainedModel):
         from them); label dicts or already `PackedTargets`. `output_attentions` / `output_hidden_states` /
         `return_dict` default to the config's; attention weights exist only under attn_implementation="eager"
         (else a warning, and None, as transformers' own models)."""
-        _reject_unknown_kwargs(kwargs)
+        reject_unknown_kwargs(kwargs)
         config = self.config
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
@@ -232,7 +168,7 @@ class DetrHfModel(DetrHfPreTrainedModel):
                 "output_attentions=True returns none; load the model with attn_implementation='eager' to get them."
             )
             output_attentions = False
-        pixel_mask = self._check_inputs(pixel_values, pixel_mask)
+        pixel_mask = check_model_inputs(pixel_values, pixel_mask, num_channels=self.config.num_channels)
 
         features, mask = self.backbone(pixel_values, pixel_mask)
         pos = self.position_encoding(mask, features.dtype)
@@ -276,54 +212,6 @@ class DetrHfModel(DetrHfPreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
-    def _check_inputs(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None) -> torch.Tensor:
-        """Validate shapes and dtypes; return the mask as bool [B, H, W] (True = pixel)."""
-        if not isinstance(pixel_values, torch.Tensor):
-            raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
-        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
-            raise ValueError(
-                f"pixel_values must have shape [batch, {self.config.num_channels}, height, width], "
-                f"got {tuple(pixel_values.shape)}"
-            )
-        if not pixel_values.is_floating_point():
-            raise TypeError(
-                f"pixel_values must be a float tensor (normalised by the image processor), got {pixel_values.dtype}"
-            )
-        # One reduction instead of a full boolean copy: any NaN/inf makes the sum non-finite (a finite
-        # overflow only sends us to the exact per-image check, which then finds nothing).
-        if not is_tracing() and not torch.isfinite(pixel_values.sum()):
-            bad = (~torch.isfinite(pixel_values)).flatten(1).any(1).nonzero().flatten().tolist()
-            if bad:
-                raise ValueError(f"pixel_values contain NaN or inf in image(s) {bad}")
-        batch, _, height, width = pixel_values.shape
-        if pixel_mask is None:
-            return torch.ones((batch, height, width), dtype=torch.bool, device=pixel_values.device)
-        if not isinstance(pixel_mask, torch.Tensor):
-            raise TypeError(f"pixel_mask must be a torch.Tensor or None, got {type(pixel_mask).__name__}")
-        if pixel_mask.shape != (batch, height, width):
-            raise ValueError(
-                f"pixel_mask must have shape {(batch, height, width)} to match pixel_values, got {tuple(pixel_mask.shape)}"
-            )
-        if pixel_mask.is_complex():
-            raise TypeError(f"pixel_mask must be a real tensor (1 = pixel, 0 = padding), got {pixel_mask.dtype}")
-        if pixel_mask.dtype == torch.bool:
-            mask = pixel_mask
-        else:
-            # int and float masks are accepted as transformers' DETR takes them, but only holding 0 and 1.
-            mask = pixel_mask != 0
-            invalid = mask & (pixel_mask != 1)  # NaN is != 0 and != 1: invalid too
-            if not is_tracing() and invalid.any():
-                images = invalid.flatten(1).any(1).nonzero().flatten().tolist()
-                example = pixel_mask[invalid][0].item()
-                raise ValueError(
-                    f"pixel_mask must hold only 1 (pixel) and 0 (padding); image(s) {images} hold other values "
-                    f"(e.g. {example})"
-                )
-        if not is_tracing() and not mask.flatten(1).any(1).all():
-            empty = (~mask.flatten(1).any(1)).nonzero().flatten().tolist()
-            raise ValueError(f"pixel_mask has no valid pixel in image(s) {empty}")
-        return mask
-
 
 class DetrHfForObjectDetection(DetrHfPreTrainedModel):
     """DETR for object detection: class logits (num_labels + 1) and boxes for every object query."""
@@ -365,7 +253,7 @@ class DetrHfForObjectDetection(DetrHfPreTrainedModel):
         **kwargs,
     ) -> DetrHfObjectDetectionOutput | tuple:
         """labels: one dict per image with `class_labels` [N] int64 and `boxes` [N, 4] normalised (cx, cy, w, h)."""
-        _reject_unknown_kwargs(kwargs)
+        reject_unknown_kwargs(kwargs)
         return_dict = self.config.return_dict if return_dict is None else return_dict
         # Labels are validated and packed once for the step (loss and extra queries share them); invalid ones
         # stay as given, and the criterion raises their error on every process together.

@@ -12,10 +12,10 @@ from transformers import initialization as init
 from .backbone import downsample_mask
 from .configuration_detr_hf import DetrHfConfig
 from .criterion import global_normalizers
+from .extra_queries import ExtraQueries
 from .mask_head import KaimingConv2d, MaskHead, QueryAttentionMaps, XavierLinear
 from .mask_loss import MaskLoss, check_mask_targets
 from .modeling_detr_hf import DetrHfForObjectDetection, DetrHfObjectDetectionOutput
-from .training_queries import TrainingQueries
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class DetrHfForSegmentation(DetrHfForObjectDetection):
     """
 
     def __init__(self, config: DetrHfConfig) -> None:
-        if TrainingQueries.enabled(config):
+        if ExtraQueries.enabled(config):
             raise ValueError(
                 "DetrHfForSegmentation does not support training-only query groups or denoising queries "
                 f"(num_query_groups={config.num_query_groups}, num_denoising_groups={config.num_denoising_groups})"

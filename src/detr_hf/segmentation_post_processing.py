@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch.nn import functional as F
+
+from .detection_post_processing import output_field
 
 __all__ = [
     "binary_mask_to_rle",
@@ -18,17 +20,8 @@ __all__ = [
 ]
 
 
-def _field(outputs: Any, name: str) -> torch.Tensor:
-    value = outputs.get(name) if isinstance(outputs, Mapping) else getattr(outputs, name, None)
-    if not isinstance(value, torch.Tensor):
-        raise ValueError(
-            f"outputs must carry a '{name}' tensor (a segmentation model output with logits and pred_masks)"
-        )
-    return value
-
-
 def _logits_and_masks(outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    logits, masks = _field(outputs, "logits"), _field(outputs, "pred_masks")
+    logits, masks = output_field(outputs, "logits"), output_field(outputs, "pred_masks")
     if logits.ndim != 3 or masks.ndim != 4 or masks.shape[:2] != logits.shape[:2]:
         raise ValueError(
             f"expected logits [B, Q, C+1] and pred_masks [B, Q, h, w], got {tuple(logits.shape)} and "
