@@ -324,13 +324,8 @@ class DetrHfImageProcessor(BaseImageProcessor):
         target_sizes: torch.Tensor | Sequence[Sequence[int]] | None = None,
         top_k: int | None = None,
     ) -> list[dict[str, torch.Tensor]]:
-        """Model outputs (`logits` [B, Q, C+1], last = no object; `pred_boxes` [B, Q, 4] normalised cxcywh) →
-        one dict per image: `scores` [K], `labels` [K] (int64), `boxes` [K, 4] absolute (x0, y0, x1, y1).
-
-        Score = the best non-"no object" class probability; kept when > `threshold`, sorted best first, at most
-        `top_k`. Boxes are scaled to `target_sizes` [(h, w), ...] (usually each image's original size) and
-        clipped to the image; without `target_sizes` they stay relative, clipped to [0, 1].
-        """
+        """Detection outputs → `scores`, `labels`, absolute `boxes` (x0, y0, x1, y1) per image, best first, above
+        `threshold`, at most `top_k`, scaled to `target_sizes`; see `detection_post_processing`."""
         return _object_detection(outputs, threshold=threshold, target_sizes=target_sizes, top_k=top_k)
 
     def post_process_panoptic_segmentation(
