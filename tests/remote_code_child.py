@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.util
 import json
+import logging
 import sys
 
 
@@ -20,6 +21,7 @@ class _BlockDetrHf(importlib.abc.MetaPathFinder):
 def main(source: str, inputs_file: str, out_file: str) -> None:
     sys.meta_path.insert(0, _BlockDetrHf())
     import numpy as np
+    import PIL.Image
     import torch
     from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForObjectDetection
 
@@ -39,6 +41,16 @@ def main(source: str, inputs_file: str, out_file: str) -> None:
         detected = detector(inputs["pixel_values"], inputs["pixel_mask"])
         hidden = base(inputs["pixel_values"], inputs["pixel_mask"]).last_hidden_state
     processed = processor(images=[np.asarray(inputs["image"])], return_tensors="pt")
+    # The pipeline checks the class against transformers' name table: remote code must be known there too.
+    from transformers import pipeline
+    from transformers.utils import logging as hf_logging
+
+    errors = []
+    handler = logging.Handler()
+    handler.emit = lambda record: errors.append(record.getMessage())
+    hf_logging.get_logger("transformers.pipelines.base").addHandler(handler)
+    detections = pipeline("object-detection", model=source, trust_remote_code=True)
+    detections = detections(PIL.Image.fromarray(inputs["image"].numpy()), threshold=0.0)
     torch.save(
         {
             "logits": detected.logits,
@@ -52,6 +64,8 @@ def main(source: str, inputs_file: str, out_file: str) -> None:
     classes = {name: f"{type(obj).__module__}.{type(obj).__name__}" for name, obj in (
         ("config", config), ("detector", detector), ("base", base), ("processor", processor),
     )}  # fmt: skip
+    classes["pipeline_errors"] = errors
+    classes["pipeline_detections"] = len(detections)
     classes["loaded_detr_hf"] = sorted(name for name in sys.modules if name.split(".")[0] == "detr_hf")
     print(json.dumps(classes))
 

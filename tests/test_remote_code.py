@@ -128,6 +128,9 @@ def test_fresh_process_without_detr_hf_loads_every_auto_class(tmp_path):
     got, classes = run_child(str(folder), tmp_path, inputs_file, {"HF_HUB_OFFLINE": "1"})
 
     assert classes["loaded_detr_hf"] == []
+    # pipeline() without detr_hf: no "not supported for object-detection" error, and it detects.
+    assert not [e for e in classes["pipeline_errors"] if "not supported" in e], classes["pipeline_errors"]
+    assert classes["pipeline_detections"] > 0
     for name, expected_class in (
         ("config", "configuration_detr_hf.DetrHfConfig"),
         ("detector", "modeling_detr_hf.DetrHfForObjectDetection"),

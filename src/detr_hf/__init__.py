@@ -8,10 +8,6 @@ from transformers import (
     AutoModelForObjectDetection,
     AutoVideoProcessor,
 )
-from transformers.models.auto.modeling_auto import (
-    MODEL_FOR_IMAGE_SEGMENTATION_MAPPING_NAMES,
-    MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES,
-)
 
 from .configuration_detr_hf import DetrHfConfig
 from .image_processing_detr_hf import DetrHfImageProcessor
@@ -39,9 +35,6 @@ AutoImageProcessor.register(
 # No video processor exists; saying so stops pipeline() from looking for a "DetrHfVideoProcessor" in the folder's
 # remote code, which would prompt for trust_remote_code even though detr_hf is imported.
 AutoVideoProcessor.register(DetrHfConfig, video_processor_classes={}, exist_ok=True)
-# pipeline("object-detection") checks support against transformers' own name table, not the Auto registry.
-MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES.setdefault(DetrHfConfig.model_type, DetrHfForObjectDetection.__name__)
-MODEL_FOR_IMAGE_SEGMENTATION_MAPPING_NAMES.setdefault(DetrHfConfig.model_type, DetrHfForSegmentation.__name__)
 # Saved folders carry their code: each class records itself in `auto_map` (see detr_hf.sharing).
 DetrHfConfig.register_for_auto_class("AutoConfig")
 DetrHfModel.register_for_auto_class("AutoModel")

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.models.auto.modeling_auto import MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES
 from transformers.utils import logging
 
 from .backbone import DetrHfBackbone
@@ -308,3 +309,8 @@ class DetrHfForObjectDetection(DetrHfPreTrainedModel):
     def _predict(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Shared heads: hidden [..., Q, d] -> logits [..., Q, num_labels + 1] and boxes [..., Q, 4]."""
         return self.class_labels_classifier(hidden), self.bbox_predictor(hidden)
+
+
+# pipeline("object-detection") checks a model against transformers' own name table, not the Auto registry; this
+# module runs on import, also as a saved folder's remote code, so the pipeline knows the class there too.
+MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES.setdefault(DetrHfConfig.model_type, DetrHfForObjectDetection.__name__)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import initialization as init
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_SEGMENTATION_MAPPING_NAMES
 
 from .backbone import downsample_mask
 from .configuration_detr_hf import DetrHfConfig
@@ -146,3 +147,7 @@ class DetrHfForSegmentation(DetrHfForObjectDetection):
         num_boxes = global_normalizers(count, 1.0, logits.device, error)[0].to(pred_masks.dtype)
         indices = self.build_criterion().matcher(logits.detach(), pred_boxes.detach(), labels)
         return self.build_mask_loss()(pred_masks, labels, indices, num_boxes)
+
+
+# pipeline("image-segmentation") checks a model against transformers' own name table (see modeling_detr_hf.py).
+MODEL_FOR_IMAGE_SEGMENTATION_MAPPING_NAMES.setdefault(DetrHfConfig.model_type, DetrHfForSegmentation.__name__)
