@@ -100,7 +100,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         per_device_train_batch_size=args.per_device_train_batch_size,
         per_device_eval_batch_size=args.per_device_eval_batch_size,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
-        dataloader_drop_last=True,  # as examples/train.py
         seed=args.seed,
         use_cpu=args.use_cpu,
         logging_steps=args.logging_steps,
@@ -112,11 +111,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         report_to=args.report_to,
         dataloader_num_workers=args.dataloader_num_workers,
     )
+    # The Trainer keeps the last partial batch: its dataloader_drop_last would also drop evaluation images.
     global_batch = args.per_device_train_batch_size * training_args.world_size
-    if len(train_set) < global_batch:
-        raise ValueError(f"the train split ({len(train_set)} images) is smaller than one global batch ({global_batch})")
     steps_per_epoch, max_steps, num_epochs = plan_steps(
-        len(train_set) // global_batch, args.gradient_accumulation_steps, args.num_train_epochs, args.max_train_steps
+        -(-len(train_set) // global_batch), args.gradient_accumulation_steps, args.num_train_epochs, args.max_train_steps
     )
     training_args.max_steps = max_steps  # the step count printed below is the one the Trainer runs
     lr_drop_step = lr_drop_step_for(args, max_steps)

@@ -290,7 +290,7 @@ def write_imagefolder(folder: Path, splits: dict[str, list[dict]]) -> Path:
 # ---------------------------------------------------------------------- example scripts
 TINY_TRAINING_ARGV = [
     "--backbone", "test_resnet", "--d_model", "32", "--encoder_layers", "1", "--decoder_layers", "1",
-    "--num_heads", "4", "--ffn_dim", "64", "--num_queries", "12", "--report_to", "none",
+    "--num_heads", "4", "--ffn_dim", "64", "--num_queries", "12", "--report_to", "none", "--no_pretrained_backbone",
 ]  # fmt: skip
 
 

@@ -215,7 +215,7 @@ def test_each_image_alone_has_exactly_transformers_labels():
         torch.testing.assert_close(mine["boxes"], theirs["boxes"], atol=2e-6, rtol=0)
 
 
-def test_coco_panoptic_config_loads_but_its_annotations_are_a_clear_error(tmp_path):
+def test_coco_panoptic_config_loads_and_detection_records_are_a_clear_error(tmp_path):
     DetrImageProcessor(format="coco_panoptic", size=SMALLER).save_pretrained(tmp_path)
     ours = DetrHfImageProcessor.from_pretrained(tmp_path)
     assert ours.format == "coco_panoptic"
@@ -223,11 +223,11 @@ def test_coco_panoptic_config_loads_but_its_annotations_are_a_clear_error(tmp_pa
     # Inference needs no annotations: a panoptic checkpoint's processor still prepares images.
     expected = DetrImageProcessor.from_pretrained(tmp_path)(images[:2], return_tensors="pt")["pixel_values"]
     torch.testing.assert_close(ours(images[:2])["pixel_values"], expected, atol=1e-5, rtol=0)
-    with pytest.raises(
-        ValueError, match=r"format='coco_panoptic' \(COCO panoptic annotations.*not supported yet"
-    ):
+    # Panoptic records are read (tests/test_panoptic_annotations.py); detection records given as panoptic are not.
+    message = r"annotations\[0\] \(image_id=100\): a COCO panoptic record needs 'file_name' and a 'segments_info'"
+    with pytest.raises(ValueError, match=message):
         ours(images[:1], annotations=annotations[:1])
-    with pytest.raises(ValueError, match="not supported yet"):
+    with pytest.raises(ValueError, match=message):
         DetrHfImageProcessor()(images[:1], annotations=annotations[:1], format="coco_panoptic")
     with pytest.raises(
         ValueError, match=r"format must be one of \['coco_detection', 'coco_panoptic'\], got 'voc'"

@@ -42,7 +42,9 @@ def test_push_to_hub_uploads_model_processor_and_a_card(tmp_path, script, extra)
     assert unknown == []
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md", "training_config.json",
             "eval_results.json", "modeling_detr_hf.py"} <= set(files)  # fmt: skip
-    assert not any(name.startswith(("checkpoint", "logs")) for name in files)
+    # Training checkpoints (step_*/) and logs stay local; only the model, its code and the results go up.
+    assert not any(name.split("/")[0].startswith(("step_", "logs", "runs")) for name in files)
+    assert not any("/" in name for name in files), sorted(files)
     settings = json.loads(files["training_config.json"])
     assert settings["recipe"] == "demo" and settings["steps"]["max_train_steps"] == 2
     card = files["README.md"].decode()

@@ -44,8 +44,9 @@ def load_pretrained(model_class: type, from_pretrained: Callable[..., Any], *arg
         kwargs.setdefault("backbone_weights_path", None)
     safetensors_only = kwargs.setdefault("use_safetensors", True)
     source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+    # A transformers DETR is converted first; its own errors (e.g. weights only in a .bin) name that folder.
+    model = load_converted(model_class, from_pretrained, source, args[1:], kwargs)
     try:
-        model = load_converted(model_class, from_pretrained, source, args[1:], kwargs)
         if model is None:
             model = from_pretrained(*args, **kwargs)
     except SafetensorError as error:
