@@ -1,4 +1,4 @@
-"""Shared test helpers: realistic generated images, COCO annotations and folders, cppe-5 `datasets` rows,
+"""Shared test helpers: tiny configs and padded batches, realistic generated images, COCO annotations and folders, cppe-5 `datasets` rows,
 EXIF-tagged and 16-bit files, non-trivial normalisation statistics for parity tests."""
 
 from __future__ import annotations
@@ -15,6 +15,51 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import torch
+
+
+# ---------------------------------------------------------------------- tiny models and inputs
+def tiny_config(**overrides):
+    """A DETR small enough for a unit test: timm `test_resnet`, d_model 32, 2+2 layers, 5 queries, 3 labels."""
+    from detr_hf import DetrHfConfig
+
+    kwargs = dict(
+        backbone="test_resnet",
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        num_queries=5,
+        num_labels=3,
+    )
+    kwargs.update(overrides)
+    return DetrHfConfig(**kwargs)
+
+
+def padded_batch(sizes=((64, 96), (48, 64)), seed: int = 0):
+    """Random pixel_values padded bottom/right to the largest size, with the matching pixel_mask (1 = pixel)."""
+    gen = torch.Generator().manual_seed(seed)
+    height = max(h for h, _ in sizes)
+    width = max(w for _, w in sizes)
+    pixels = torch.zeros(len(sizes), 3, height, width)
+    mask = torch.zeros(len(sizes), height, width, dtype=torch.long)
+    for i, (h, w) in enumerate(sizes):
+        pixels[i, :, :h, :w] = torch.randn(3, h, w, generator=gen)
+        mask[i, :h, :w] = 1
+    return pixels, mask
+
+
+def randomize_norms(model: torch.nn.Module, seed: int = 0) -> None:
+    """Give every LayerNorm non-trivial affine weights so tests can see where norms are applied."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.copy_(1 + 0.5 * torch.randn(module.weight.shape, generator=gen))
+                module.bias.copy_(0.5 * torch.randn(module.bias.shape, generator=gen))
+
 
 # Non-contiguous COCO-style category ids, as real annotation files have them.
 CATEGORY_IDS = (1, 3, 7, 18, 44, 90)
@@ -294,9 +339,16 @@ TINY_TRAINING_ARGV = [
 ]  # fmt: skip
 
 
-def load_example(name: str):
+# The tiny model of the training-script tests (train.py flags; drop --no_progress_bar for train_trainer.py).
+TINY_MODEL_ARGS = [
+    "--backbone", "test_resnet", "--d_model", "32", "--encoder_layers", "1", "--decoder_layers", "2",
+    "--num_heads", "4", "--ffn_dim", "64", "--num_queries", "6", "--report_to", "none", "--no_progress_bar",
+]  # fmt: skip
+
+
+def load_script(name: str):
     """examples/<name>.py as a module (the scripts are not a package)."""
-    spec = importlib.util.spec_from_file_location(f"example_{name}_helpers", ROOT / "examples" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -9,10 +9,10 @@ import timm
 import torch
 from timm.layers import freeze_batch_norm_2d
 
-from conftest import padded_batch, randomize_norms, tiny_config
 from detr_hf import DetrHfForObjectDetection
 from detr_hf.frozen_bn_folding import ConvFrozenBatchNorm2d, fold_frozen_batch_norm, unfold_frozen_batch_norm
 from detr_hf.transformer import DecoderLayer, MultiHeadAttention
+from helpers import padded_batch, randomize_norms, tiny_config
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 

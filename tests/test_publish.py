@@ -63,7 +63,7 @@ def test_card_metadata_names_hub_datasets_only(tmp_path):
 
 
 def test_card_carries_dataset_and_recipe():
-    from conftest import tiny_config
+    from helpers import tiny_config
 
     config = tiny_config(id2label={0: "Coverall", 1: "Mask"})
     settings = example_settings()
