@@ -4,7 +4,6 @@ EXIF-tagged and 16-bit files, non-trivial normalisation statistics for parity te
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import struct
@@ -159,7 +158,6 @@ def randomize_feature_norms(model: torch.nn.Module, seed: int = 0) -> None:
 
 # ---------------------------------------------------------------------- COCO folder
 COCO_CATEGORIES = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 7, "name": "train"}, {"id": 18, "name": "dog"}]
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -208,7 +206,9 @@ def _draw(rng: np.random.Generator, height: int, width: int, boxes: list[list[fl
     return pixels
 
 
-def _split(root: Path, split: str, num_images: int, seed: int, first_id: int) -> tuple[dict, str, int]:
+def _split(
+    root: Path, split: str, num_images: int, seed: int, first_id: int, categories: list[dict]
+) -> tuple[dict, str, int]:
     rng = np.random.default_rng(seed)
     (root / split).mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
@@ -223,7 +223,7 @@ def _split(root: Path, split: str, num_images: int, seed: int, first_id: int) ->
                 cx, cy = int(rng.integers(0, width - cw)), int(rng.integers(0, height - ch))
                 rle = _crowd_rle(cx, cy, cx + cw, cy + ch, height, width)
                 annotations.append(
-                    {"id": 1000 + len(annotations), "image_id": image_id, "category_id": COCO_CATEGORIES[k % 4]["id"],
+                    {"id": 1000 + len(annotations), "image_id": image_id, "category_id": categories[k % len(categories)]["id"],
                      "bbox": [float(cx), float(cy), float(cw), float(ch)], "area": float(cw * ch), "iscrowd": 1,
                      "segmentation": rle}
                 )  # fmt: skip
@@ -234,7 +234,7 @@ def _split(root: Path, split: str, num_images: int, seed: int, first_id: int) ->
                 boxes.append([x, y, w, h])
                 annotations.append(
                     {"id": 1000 + len(annotations), "image_id": image_id,
-                     "category_id": int(rng.choice([c["id"] for c in COCO_CATEGORIES])),
+                     "category_id": int(rng.choice([c["id"] for c in categories])),
                      "bbox": [x, y, w, h], "area": area, "iscrowd": 0, "segmentation": [polygon]}
                 )  # fmt: skip
         upright = PIL.Image.fromarray(_draw(rng, height, width, boxes))
@@ -251,33 +251,28 @@ def _split(root: Path, split: str, num_images: int, seed: int, first_id: int) ->
         if is_empty:
             empty_id = image_id
         images.append({"id": image_id, "file_name": name, "width": width, "height": height})
-    coco = {"images": images, "annotations": annotations, "categories": COCO_CATEGORIES}
+    coco = {"images": images, "annotations": annotations, "categories": categories}
     return coco, rotated_file, empty_id
 
 
-def make_coco_folder(root: Path, num_train: int = 6, num_val: int = 5, seed: int = 0) -> CocoFixture:
+def make_coco_folder(
+    root: Path, num_train: int = 6, num_val: int = 5, seed: int = 0, categories: list[dict] | None = None
+) -> CocoFixture:
     """A realistic COCO folder: JPEGs of 300-700 px (mixed aspect), 1-30 objects per image with polygon
-    segmentations and their areas, category ids 1, 3, 7, 18, large crowd regions (RLE), an image without
-    objects and an EXIF-rotated photo in each split."""
+    segmentations and their areas, category ids 1, 3, 7, 18 (or `categories`), large crowd regions (RLE), an
+    image without objects and an EXIF-rotated photo in each split."""
+    categories = COCO_CATEGORIES if categories is None else categories
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     files, cocos = {}, {}
     rotated, empty = "", -1
     for split, count, offset in (("train", num_train, 0), ("val", num_val, 1)):
-        coco, rotated_file, empty_id = _split(root, split, count, seed + offset, first_id=1 + 10_000 * offset)
+        coco, rotated_file, empty_id = _split(root, split, count, seed + offset, 1 + 10_000 * offset, categories)
         files[split] = root / "annotations" / f"instances_{split}.json"
         files[split].write_text(json.dumps(coco))
         cocos[split] = coco
         if split == "val":
             rotated, empty = rotated_file, empty_id
     return CocoFixture(root=root, annotation_files=files, coco=cocos, rotated_file=rotated, empty_image_id=empty)
-
-
-def coco_folder_argv(fixture: CocoFixture) -> list[str]:
-    """The training-script flags that train on `fixture`."""
-    return [
-        "--coco_dir", str(fixture.root), "--train_annotations", "annotations/instances_train.json",
-        "--val_annotations", "annotations/instances_val.json",
-    ]  # fmt: skip
 
 
 def pycocotools_stats(annotation_file: Path, results_file: Path) -> list[float]:
@@ -330,25 +325,3 @@ def write_imagefolder(folder: Path, splits: dict[str, list[dict]]) -> Path:
             lines.append(json.dumps(meta))
         (folder / split / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     return folder
-
-
-# ---------------------------------------------------------------------- example scripts
-TINY_TRAINING_ARGV = [
-    "--backbone", "test_resnet", "--d_model", "32", "--encoder_layers", "1", "--decoder_layers", "1",
-    "--num_heads", "4", "--ffn_dim", "64", "--num_queries", "12", "--report_to", "none",
-]  # fmt: skip
-
-
-# The tiny model of the training-script tests (train.py flags; drop --no_progress_bar for train_trainer.py).
-TINY_MODEL_ARGS = [
-    "--backbone", "test_resnet", "--d_model", "32", "--encoder_layers", "1", "--decoder_layers", "2",
-    "--num_heads", "4", "--ffn_dim", "64", "--num_queries", "6", "--report_to", "none", "--no_progress_bar",
-]  # fmt: skip
-
-
-def load_script(name: str):
-    """examples/<name>.py as a module (the scripts are not a package)."""
-    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module

@@ -11,15 +11,8 @@ import pytest
 
 from detr_hf.data.schema import detection_features
 from detr_hf.evaluation import COCO_METRIC_NAMES
-from helpers import (
-    CPPE5_NAMES,
-    TINY_TRAINING_ARGV,
-    coco_folder_argv,
-    cppe5_rows,
-    load_script,
-    make_coco_folder,
-    pycocotools_stats,
-)
+from helpers import CPPE5_NAMES, cppe5_rows, make_coco_folder, pycocotools_stats
+from script_helpers import TINY_TRAINING_ARGV, coco_folder_argv, load_script
 
 SMALL = ["--eval_size", "160", "--max_size", "256", "--augmentation", "none", "--per_device_train_batch_size", "2",
          "--per_device_eval_batch_size", "3", "--learning_rate", "1e-3"]  # fmt: skip

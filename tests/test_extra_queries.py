@@ -13,7 +13,8 @@ import torch
 from detr_hf import DetrHfConfig, DetrHfForObjectDetection
 from detr_hf.criterion import DetrHfLoss
 from detr_hf.extra_queries import noise_boxes, noise_labels
-from helpers import ROOT, TINY_MODEL_ARGS, load_script, padded_batch, tiny_config
+from helpers import padded_batch, tiny_config
+from script_helpers import ROOT, TINY_MODEL_ARGS, load_script
 
 NO_DROPOUT = dict(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
 GROUPS, DN_GROUPS, QUERIES = 3, 2, 5

@@ -12,7 +12,8 @@ from PIL import Image
 from detr_hf import DetrHfForObjectDetection
 from detr_hf.data import make_synthetic_dataset
 from detr_hf.image_processing_detr_hf import DetrHfImageProcessor
-from helpers import load_script, tiny_config
+from helpers import tiny_config
+from script_helpers import load_script
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import yaml
 
 from detr_hf.training.publish import card_metrics, hub_dataset_id, trained_model_card
 from hub_server import LoopbackHub
-from training_helpers import ROOT, TINY_FRESH_MODEL, example_settings
+from script_helpers import ROOT, TINY_FRESH_MODEL, example_settings
 
 RUN = [
     *TINY_FRESH_MODEL, "--recipe", "demo", "--synthetic_train_size", "8", "--synthetic_val_size", "4",

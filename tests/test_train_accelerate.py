@@ -29,7 +29,8 @@ from detr_hf.training import (
     find_latest_checkpoint,
 )
 from detr_hf.training.data import check_categories
-from helpers import ROOT, TINY_MODEL_ARGS, load_script, tiny_config
+from helpers import tiny_config
+from script_helpers import ROOT, TINY_MODEL_ARGS, load_script
 
 
 @pytest.fixture(scope="module")
