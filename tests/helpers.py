@@ -325,3 +325,31 @@ def write_imagefolder(folder: Path, splits: dict[str, list[dict]]) -> Path:
             lines.append(json.dumps(meta))
         (folder / split / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     return folder
+
+
+def frozen_timm_body(name: str = "test_resnet", seed: int = 0) -> torch.nn.Module:
+    """A timm feature body (last level) with frozen BN whose statistics and affine are far from identity, so
+    folding or dropping a BN changes the output."""
+    import timm
+    from timm.layers import freeze_batch_norm_2d
+
+    torch.manual_seed(seed)
+    body = freeze_batch_norm_2d(timm.create_model(name, features_only=True, out_indices=(-1,)))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in body.modules():
+            if hasattr(module, "running_var"):
+                n = module.weight.numel()
+                module.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
+                module.running_mean.copy_(torch.randn(n, generator=gen))
+                module.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                module.bias.copy_(0.1 * torch.randn(n, generator=gen))
+    return body
+
+
+def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, name: str = "") -> None:
+    """Within 1e-4 of the tensor's scale: gradients summed over many pixels reach hundreds, and fp32 sums
+    taken in another order differ relative to that scale, not to each (possibly tiny) element."""
+    scale = max(1.0, expected.abs().max().item())
+    error = (actual - expected).abs().max().item()
+    assert error <= 1e-4 * scale, f"{name}: max abs difference {error:.3g} > 1e-4 × scale {scale:.3g}"
