@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from conftest import padded_batch, randomize_norms
+from helpers import padded_batch, randomize_norms
 
 BATCH_SIZES = ((128, 160), (96, 128))  # two images, the second padded
 

@@ -1,10 +1,9 @@
-"""Shared test helpers: realistic generated images, COCO annotations and folders, cppe-5 `datasets` rows,
+"""Shared test helpers: tiny configs and padded batches, realistic generated images, COCO annotations and folders, cppe-5 `datasets` rows,
 EXIF-tagged and 16-bit files, non-trivial normalisation statistics for parity tests."""
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import struct
@@ -15,6 +14,51 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import torch
+
+
+# ---------------------------------------------------------------------- tiny models and inputs
+def tiny_config(**overrides):
+    """A DETR small enough for a unit test: timm `test_resnet`, d_model 32, 2+2 layers, 5 queries, 3 labels."""
+    from detr_hf import DetrHfConfig
+
+    kwargs = dict(
+        backbone="test_resnet",
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        num_queries=5,
+        num_labels=3,
+    )
+    kwargs.update(overrides)
+    return DetrHfConfig(**kwargs)
+
+
+def padded_batch(sizes=((64, 96), (48, 64)), seed: int = 0):
+    """Random pixel_values padded bottom/right to the largest size, with the matching pixel_mask (1 = pixel)."""
+    gen = torch.Generator().manual_seed(seed)
+    height = max(h for h, _ in sizes)
+    width = max(w for _, w in sizes)
+    pixels = torch.zeros(len(sizes), 3, height, width)
+    mask = torch.zeros(len(sizes), height, width, dtype=torch.long)
+    for i, (h, w) in enumerate(sizes):
+        pixels[i, :, :h, :w] = torch.randn(3, h, w, generator=gen)
+        mask[i, :h, :w] = 1
+    return pixels, mask
+
+
+def randomize_norms(model: torch.nn.Module, seed: int = 0) -> None:
+    """Give every LayerNorm non-trivial affine weights so tests can see where norms are applied."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.copy_(1 + 0.5 * torch.randn(module.weight.shape, generator=gen))
+                module.bias.copy_(0.5 * torch.randn(module.bias.shape, generator=gen))
+
 
 # Non-contiguous COCO-style category ids, as real annotation files have them.
 CATEGORY_IDS = (1, 3, 7, 18, 44, 90)
@@ -114,7 +158,6 @@ def randomize_feature_norms(model: torch.nn.Module, seed: int = 0) -> None:
 
 # ---------------------------------------------------------------------- COCO folder
 COCO_CATEGORIES = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 7, "name": "train"}, {"id": 18, "name": "dog"}]
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -163,7 +206,9 @@ def _draw(rng: np.random.Generator, height: int, width: int, boxes: list[list[fl
     return pixels
 
 
-def _split(root: Path, split: str, num_images: int, seed: int, first_id: int) -> tuple[dict, str, int]:
+def _split(
+    root: Path, split: str, num_images: int, seed: int, first_id: int, categories: list[dict]
+) -> tuple[dict, str, int]:
     rng = np.random.default_rng(seed)
     (root / split).mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
@@ -178,7 +223,7 @@ def _split(root: Path, split: str, num_images: int, seed: int, first_id: int) ->
                 cx, cy = int(rng.integers(0, width - cw)), int(rng.integers(0, height - ch))
                 rle = _crowd_rle(cx, cy, cx + cw, cy + ch, height, width)
                 annotations.append(
-                    {"id": 1000 + len(annotations), "image_id": image_id, "category_id": COCO_CATEGORIES[k % 4]["id"],
+                    {"id": 1000 + len(annotations), "image_id": image_id, "category_id": categories[k % len(categories)]["id"],
                      "bbox": [float(cx), float(cy), float(cw), float(ch)], "area": float(cw * ch), "iscrowd": 1,
                      "segmentation": rle}
                 )  # fmt: skip
@@ -189,7 +234,7 @@ def _split(root: Path, split: str, num_images: int, seed: int, first_id: int) ->
                 boxes.append([x, y, w, h])
                 annotations.append(
                     {"id": 1000 + len(annotations), "image_id": image_id,
-                     "category_id": int(rng.choice([c["id"] for c in COCO_CATEGORIES])),
+                     "category_id": int(rng.choice([c["id"] for c in categories])),
                      "bbox": [x, y, w, h], "area": area, "iscrowd": 0, "segmentation": [polygon]}
                 )  # fmt: skip
         upright = PIL.Image.fromarray(_draw(rng, height, width, boxes))
@@ -206,33 +251,28 @@ def _split(root: Path, split: str, num_images: int, seed: int, first_id: int) ->
         if is_empty:
             empty_id = image_id
         images.append({"id": image_id, "file_name": name, "width": width, "height": height})
-    coco = {"images": images, "annotations": annotations, "categories": COCO_CATEGORIES}
+    coco = {"images": images, "annotations": annotations, "categories": categories}
     return coco, rotated_file, empty_id
 
 
-def make_coco_folder(root: Path, num_train: int = 6, num_val: int = 5, seed: int = 0) -> CocoFixture:
+def make_coco_folder(
+    root: Path, num_train: int = 6, num_val: int = 5, seed: int = 0, categories: list[dict] | None = None
+) -> CocoFixture:
     """A realistic COCO folder: JPEGs of 300-700 px (mixed aspect), 1-30 objects per image with polygon
-    segmentations and their areas, category ids 1, 3, 7, 18, large crowd regions (RLE), an image without
-    objects and an EXIF-rotated photo in each split."""
+    segmentations and their areas, category ids 1, 3, 7, 18 (or `categories`), large crowd regions (RLE), an
+    image without objects and an EXIF-rotated photo in each split."""
+    categories = COCO_CATEGORIES if categories is None else categories
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     files, cocos = {}, {}
     rotated, empty = "", -1
     for split, count, offset in (("train", num_train, 0), ("val", num_val, 1)):
-        coco, rotated_file, empty_id = _split(root, split, count, seed + offset, first_id=1 + 10_000 * offset)
+        coco, rotated_file, empty_id = _split(root, split, count, seed + offset, 1 + 10_000 * offset, categories)
         files[split] = root / "annotations" / f"instances_{split}.json"
         files[split].write_text(json.dumps(coco))
         cocos[split] = coco
         if split == "val":
             rotated, empty = rotated_file, empty_id
     return CocoFixture(root=root, annotation_files=files, coco=cocos, rotated_file=rotated, empty_image_id=empty)
-
-
-def coco_folder_argv(fixture: CocoFixture) -> list[str]:
-    """The training-script flags that train on `fixture`."""
-    return [
-        "--coco_dir", str(fixture.root), "--train_annotations", "annotations/instances_train.json",
-        "--val_annotations", "annotations/instances_val.json",
-    ]  # fmt: skip
 
 
 def pycocotools_stats(annotation_file: Path, results_file: Path) -> list[float]:
@@ -287,16 +327,29 @@ def write_imagefolder(folder: Path, splits: dict[str, list[dict]]) -> Path:
     return folder
 
 
-# ---------------------------------------------------------------------- example scripts
-TINY_TRAINING_ARGV = [
-    "--backbone", "test_resnet", "--d_model", "32", "--encoder_layers", "1", "--decoder_layers", "1",
-    "--num_heads", "4", "--ffn_dim", "64", "--num_queries", "12", "--report_to", "none", "--no_pretrained_backbone",
-]  # fmt: skip
+def frozen_timm_body(name: str = "test_resnet", seed: int = 0) -> torch.nn.Module:
+    """A timm feature body (last level) with frozen BN whose statistics and affine are far from identity, so
+    folding or dropping a BN changes the output."""
+    import timm
+    from timm.layers import freeze_batch_norm_2d
+
+    torch.manual_seed(seed)
+    body = freeze_batch_norm_2d(timm.create_model(name, features_only=True, out_indices=(-1,)))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in body.modules():
+            if hasattr(module, "running_var"):
+                n = module.weight.numel()
+                module.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
+                module.running_mean.copy_(torch.randn(n, generator=gen))
+                module.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                module.bias.copy_(0.1 * torch.randn(n, generator=gen))
+    return body
 
 
-def load_example(name: str):
-    """examples/<name>.py as a module (the scripts are not a package)."""
-    spec = importlib.util.spec_from_file_location(f"example_{name}_helpers", ROOT / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, name: str = "") -> None:
+    """Within 1e-4 of the tensor's scale: gradients summed over many pixels reach hundreds, and fp32 sums
+    taken in another order differ relative to that scale, not to each (possibly tiny) element."""
+    scale = max(1.0, expected.abs().max().item())
+    error = (actual - expected).abs().max().item()
+    assert error <= 1e-4 * scale, f"{name}: max abs difference {error:.3g} > 1e-4 × scale {scale:.3g}"

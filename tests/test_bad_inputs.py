@@ -14,9 +14,9 @@ import PIL.Image
 import pytest
 import torch
 
-from conftest import padded_batch, tiny_config
 from detr_hf import DetrHfForObjectDetection
 from detr_hf.image_processing_detr_hf import DetrHfImageProcessor
+from helpers import padded_batch, tiny_config
 
 SMALL = {"shortest_edge": 64, "longest_edge": 128}
 

@@ -10,7 +10,14 @@ from safetensors.torch import load_file
 
 from detr_hf.coco_labels import coco_id2label
 from detr_hf.training.class_head import plan_head_transfer, transfer_class_head
-from training_helpers import QUIET_RUN, load_script, make_coco_folder, save_tiny_checkpoint
+from helpers import make_coco_folder
+from script_helpers import (
+    COCO_AND_NEW_CATEGORIES,
+    QUIET_RUN,
+    coco_folder_argv,
+    load_script,
+    save_tiny_checkpoint,
+)
 
 
 def test_plan_matches_by_name_ignoring_case_and_underscores():
@@ -53,11 +60,11 @@ def test_finetuning_a_coco_model_keeps_its_rows_bit_identical(tmp_path, caplog):
     """A converted-COCO-like 91-label checkpoint fine-tuned (1 step, lr 0) on a COCO folder with COCO ids 1, 3, 7,
     18 and a new id 95: the four rows and the no-object row stay bit-identical, the new row is fresh."""
     checkpoint = save_tiny_checkpoint(tmp_path / "coco_model", coco_id2label(), {"shortest_edge": 800, "longest_edge": 1333})
-    coco = make_coco_folder(tmp_path / "coco", num_train=3, num_val=1)
+    coco = make_coco_folder(tmp_path / "coco", num_train=3, num_val=1, categories=COCO_AND_NEW_CATEGORIES)
     out = tmp_path / "out"
     with caplog.at_level("INFO"):
         load_script("train").main(
-            ["--coco_dir", str(coco), "--model_name_or_path", str(checkpoint), "--output_dir", str(out),
+            [*coco_folder_argv(coco), "--model_name_or_path", str(checkpoint), "--output_dir", str(out),
              "--max_train_steps", "1", "--learning_rate", "0", "--backbone_learning_rate", "0",
              "--per_device_train_batch_size", "1", "--per_device_eval_batch_size", "1", "--checkpointing_steps", "no",
              *QUIET_RUN]

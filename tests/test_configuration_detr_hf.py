@@ -5,8 +5,8 @@ import json
 import pytest
 from transformers import AutoConfig
 
-from conftest import tiny_config
 from detr_hf import DetrHfConfig
+from helpers import tiny_config
 
 
 def test_defaults_follow_the_r50_recipe():

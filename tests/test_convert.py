@@ -18,7 +18,6 @@ import torchvision
 from safetensors.torch import load_file
 from transformers import AutoModelForObjectDetection
 
-from conftest import padded_batch, randomize_norms
 from detr_hf import DetrHfConfig, DetrHfForObjectDetection
 from detr_hf.checkpoint_layouts import CheckpointKeyError, from_detr_hf, to_detr_hf
 from detr_hf.coco_labels import coco_id2label
@@ -30,6 +29,7 @@ from detr_references import (
     randomize_batch_norm_buffers,
     transformers_detr,
 )
+from helpers import padded_batch, randomize_norms
 
 
 def small_resnet50_detr(**overrides) -> DetrHfForObjectDetection:

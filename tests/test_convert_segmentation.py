@@ -9,11 +9,10 @@ import pytest
 import torch
 from transformers import AutoModelForImageSegmentation
 
-from conftest import padded_batch, randomize_norms
 from detr_hf import DetrHfConfig, DetrHfForSegmentation
 from detr_hf.checkpoint_layouts import from_detr_hf
 from detr_hf.convert import main as convert_main
-from helpers import randomize_feature_norms
+from helpers import padded_batch, randomize_feature_norms, randomize_norms
 
 # Every mask head key of the original panoptic checkpoint (models/segmentation.py names), without the detector.
 ORIGINAL_HEAD_KEYS = {

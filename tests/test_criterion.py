@@ -271,8 +271,8 @@ def test_a_new_named_part_joins_the_loss_and_the_loss_dict():
 
 
 def test_model_builds_its_criterion_once_and_rebuilds_on_config_change(monkeypatch):
-    from conftest import padded_batch, tiny_config
     from detr_hf import DetrHfForObjectDetection
+    from helpers import padded_batch, tiny_config
 
     model = DetrHfForObjectDetection(tiny_config()).train()
     built = []

@@ -11,28 +11,14 @@ import pytest
 
 from detr_hf.data.schema import detection_features
 from detr_hf.evaluation import COCO_METRIC_NAMES
-from helpers import (
-    CPPE5_NAMES,
-    TINY_TRAINING_ARGV,
-    coco_folder_argv,
-    cppe5_rows,
-    load_example,
-    make_coco_folder,
-    pycocotools_stats,
-)
+from helpers import CPPE5_NAMES, cppe5_rows, make_coco_folder, pycocotools_stats
+from script_helpers import TINY_TRAINING_ARGV, coco_folder_argv, load_script
 
 SMALL = ["--eval_size", "160", "--max_size", "256", "--augmentation", "none", "--per_device_train_batch_size", "2",
          "--per_device_eval_batch_size", "3", "--learning_rate", "1e-3"]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def _check(out, annotation_file, prefix: str = "") -> list[dict]:
@@ -50,7 +36,7 @@ def coco(tmp_path_factory):
 
 @pytest.mark.slow
 def test_accelerate_script_on_a_coco_folder(coco, tmp_path):
-    train = load_example("train")
+    train = load_script("train")
     argv = [*TINY_TRAINING_ARGV, "--no_progress_bar", *coco_folder_argv(coco), *SMALL, "--output_dir", str(tmp_path),
             "--max_train_steps", "2", "--eval_every_epochs", "0", "--checkpointing_steps", "no"]  # fmt: skip
     train.main(argv)
@@ -68,7 +54,7 @@ def test_accelerate_script_on_a_coco_folder(coco, tmp_path):
 
 @pytest.mark.slow
 def test_trainer_script_on_a_coco_folder(coco, tmp_path):
-    trainer = load_example("train_trainer")
+    trainer = load_script("train_trainer")
     argv = [*TINY_TRAINING_ARGV, *coco_folder_argv(coco), *SMALL, "--output_dir", str(tmp_path), "--max_steps", "2",
             "--use_cpu", "--save_strategy", "no", "--eval_strategy", "no"]  # fmt: skip
     trainer.main(argv)
@@ -87,7 +73,7 @@ def test_accelerate_script_on_a_saved_dataset_writes_its_references(tmp_path):
     out = tmp_path / "out"
     argv = [*TINY_TRAINING_ARGV, "--no_progress_bar", "--dataset_name", str(data), *SMALL, "--output_dir", str(out),
             "--max_train_steps", "2", "--eval_every_epochs", "0", "--checkpointing_steps", "no"]  # fmt: skip
-    load_example("train").main(argv)
+    load_script("train").main(argv)
     references = json.loads((out / "eval_references.json").read_text())
     assert [img["id"] for img in references["images"]] == [500, 501, 502]
     assert [c["id"] for c in references["categories"]] == [0, 1, 2, 3, 4]

@@ -11,9 +11,9 @@ import onnxruntime
 import pytest
 import torch
 
-from conftest import tiny_config
 from detr_hf import DetrHfForObjectDetection
 from detr_hf.export_onnx import example_inputs, export_onnx
+from helpers import tiny_config
 
 # Sizes unlike the export example (96×128 / 64×80, batch 2): other batch sizes, odd sizes, heavy padding,
 # an image smaller than one feature cell of the others' padding, and a feature map of 1×1.

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import padded_batch, tiny_config
 from detr_hf import DetrHfConfig, DetrHfForObjectDetection
 from detr_hf.criterion import DetrHfLoss
 from detr_hf.extra_queries import noise_boxes, noise_labels
+from helpers import padded_batch, tiny_config
+from script_helpers import ROOT, TINY_MODEL_ARGS, load_script
 
 NO_DROPOUT = dict(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
 GROUPS, DN_GROUPS, QUERIES = 3, 2, 5
@@ -255,8 +256,6 @@ def _check_saved_model(folder) -> None:
 
 @pytest.mark.slow
 def test_accelerate_script_trains_with_extra_queries(tmp_path):
-    from test_train_accelerate import TINY_MODEL_ARGS, load_script
-
     metrics = load_script("train").main(
         [
             *TINY_MODEL_ARGS, *EXTRA_QUERY_ARGS, "--output_dir", str(tmp_path), "--synthetic_train_size", "12",
@@ -270,8 +269,6 @@ def test_accelerate_script_trains_with_extra_queries(tmp_path):
 
 @pytest.mark.slow
 def test_trainer_script_trains_with_extra_queries(tmp_path):
-    from test_train_accelerate import TINY_MODEL_ARGS, load_script
-
     tiny = [a for a in TINY_MODEL_ARGS if a != "--no_progress_bar"]
     metrics = load_script("train_trainer").main(
         [
@@ -287,8 +284,6 @@ def test_trainer_script_trains_with_extra_queries(tmp_path):
 @pytest.mark.slow
 def test_two_process_accelerate_run_with_extra_queries(tmp_path):
     """DDP needs every extra parameter in every step's graph and the synced normalisers on both processes."""
-    from test_train_accelerate import ROOT, TINY_MODEL_ARGS
-
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from hub_server import LoopbackHub
-from test_remote_code import (
+from remote_code_helpers import (
     assert_same_outputs,
     build_tiny_detector,
     reference_outputs,

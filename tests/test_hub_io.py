@@ -14,9 +14,9 @@ import torch
 from transformers.dynamic_module_utils import get_relative_import_files
 
 import detr_hf
-from conftest import padded_batch, tiny_config
 from detr_hf import DetrHfForObjectDetection
 from detr_hf.hub_io import load_pretrained
+from helpers import padded_batch, tiny_config
 
 PACKAGE_DIR = Path(detr_hf.__file__).parent
 RESAVE_CHILD = Path(__file__).with_name("remote_resave_child.py")

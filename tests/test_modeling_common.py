@@ -13,10 +13,10 @@ from transformers.testing_utils import CaptureLogger
 from transformers.utils import ModelOutput
 from transformers.utils import logging as hf_logging
 
-from conftest import padded_batch, randomize_norms, tiny_config
 from detr_hf import DetrHfConfig, DetrHfForObjectDetection, DetrHfModel
 from detr_hf.criterion import DetrHfLoss
 from detr_hf.transformer import DecoderLayer, EncoderLayer
+from helpers import padded_batch, randomize_norms, tiny_config
 
 CLASSES = [DetrHfModel, DetrHfForObjectDetection]
 # Two mixed-size images of realistic size, padded bottom/right: 10×15 and 10×11 feature cells (stride 32).

@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForObjectDetection
 
-from conftest import padded_batch, randomize_norms, tiny_config
 from detr_hf import DetrHfForObjectDetection, DetrHfModel
+from helpers import padded_batch, randomize_norms, tiny_config
 
 
 def _model(**overrides):

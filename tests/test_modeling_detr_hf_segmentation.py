@@ -11,10 +11,9 @@ import pytest
 import torch
 from transformers import AutoModelForImageSegmentation
 
-from conftest import padded_batch, randomize_norms, tiny_config
 from detr_hf import DetrHfForObjectDetection, DetrHfForSegmentation
 from detr_hf.convert import convert_transformers_checkpoint
-from helpers import randomize_feature_norms
+from helpers import padded_batch, randomize_feature_norms, randomize_norms, tiny_config
 
 SIZES = ((160, 192), (128, 150))
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_config
 from detr_hf import DetrHfForObjectDetection
 from detr_hf.data import make_synthetic_dataset
 from detr_hf.image_processing_detr_hf import DetrHfImageProcessor
-from test_train_accelerate import load_script
+from helpers import tiny_config
+from script_helpers import load_script
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import yaml
 
 from detr_hf.training.publish import card_metrics, hub_dataset_id, trained_model_card
 from hub_server import LoopbackHub
-from training_helpers import ROOT, TINY_FRESH_MODEL, example_settings
+from script_helpers import ROOT, TINY_FRESH_MODEL, example_settings
 
 RUN = [
     *TINY_FRESH_MODEL, "--recipe", "demo", "--synthetic_train_size", "8", "--synthetic_val_size", "4",
@@ -65,7 +65,7 @@ def test_card_metadata_names_hub_datasets_only(tmp_path):
 
 
 def test_card_carries_dataset_and_recipe():
-    from conftest import tiny_config
+    from helpers import tiny_config
 
     config = tiny_config(id2label={0: "Coverall", 1: "Mask"})
     settings = example_settings()

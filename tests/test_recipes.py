@@ -8,7 +8,15 @@ import json
 import pytest
 
 from detr_hf.training.recipes import RECIPES, lr_drop_step_for, scaled_detr_augmentation
-from training_helpers import QUIET_RUN, TINY_FRESH_MODEL, load_script, make_coco_folder, save_tiny_checkpoint
+from helpers import make_coco_folder
+from script_helpers import (
+    COCO_AND_NEW_CATEGORIES,
+    QUIET_RUN,
+    TINY_FRESH_MODEL,
+    coco_folder_argv,
+    load_script,
+    save_tiny_checkpoint,
+)
 
 SCRIPTS = ("train", "train_trainer")
 
@@ -136,11 +144,11 @@ def test_every_recipe_names_known_flags(train_script):
 
 @pytest.mark.parametrize("script_name", SCRIPTS)
 def test_detr_r50_config_and_processor_show_800_1333(script_name, tmp_path):
-    coco = make_coco_folder(tmp_path / "coco", num_train=3, num_val=1)
+    coco = make_coco_folder(tmp_path / "coco", num_train=3, num_val=1, categories=COCO_AND_NEW_CATEGORIES)
     out = tmp_path / "out"
     quiet = QUIET_RUN if script_name == "train" else ["--report_to", "none"]
     load_script(script_name).main(
-        ["--coco_dir", str(coco), "--output_dir", str(out), "--print_config_only", "--no_pretrained_backbone",
+        [*coco_folder_argv(coco), "--output_dir", str(out), "--print_config_only", "--no_pretrained_backbone",
          "--num_train_epochs", "3", "--per_device_train_batch_size", "1", *quiet]
     )  # fmt: skip
     config = json.loads((out / "training_config.json").read_text())
@@ -167,10 +175,10 @@ def test_finetune_keeps_the_checkpoint_processor(tmp_path, train_script):
     ckpt = save_tiny_checkpoint(
         tmp_path / "ckpt", {0: "person", 1: "car"}, {"shortest_edge": 800, "longest_edge": 1333}
     )
-    coco = make_coco_folder(tmp_path / "coco", num_train=3, num_val=1)
+    coco = make_coco_folder(tmp_path / "coco", num_train=3, num_val=1, categories=COCO_AND_NEW_CATEGORIES)
     out = tmp_path / "out"
     train_script.main(
-        ["--coco_dir", str(coco), "--model_name_or_path", str(ckpt), "--output_dir", str(out), "--print_config_only",
+        [*coco_folder_argv(coco), "--model_name_or_path", str(ckpt), "--output_dir", str(out), "--print_config_only",
          "--per_device_train_batch_size", "1", *QUIET_RUN]
     )  # fmt: skip
     config = json.loads((out / "training_config.json").read_text())
@@ -182,7 +190,7 @@ def test_finetune_keeps_the_checkpoint_processor(tmp_path, train_script):
     }  # fmt: skip
     # Only an explicit flag changes the loaded processor's size.
     train_script.main(
-        ["--coco_dir", str(coco), "--model_name_or_path", str(ckpt), "--output_dir", str(out), "--print_config_only",
+        [*coco_folder_argv(coco), "--model_name_or_path", str(ckpt), "--output_dir", str(out), "--print_config_only",
          "--eval_size", "640", "--per_device_train_batch_size", "1", *QUIET_RUN]
     )  # fmt: skip
     assert json.loads((out / "preprocessor_config.json").read_text())["size"] == {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from detr_hf.training.run_config import format_settings, plan_steps
-from training_helpers import example_settings
+from script_helpers import example_settings
 
 
 def test_plan_steps():

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import detr_hf
-from conftest import tiny_config
 from detr_hf import DetrHfConfig, DetrHfForObjectDetection
+from helpers import tiny_config
 
 PACKAGE_DIR = Path(detr_hf.__file__).parent
 

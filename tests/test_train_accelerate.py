@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -16,7 +15,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_config
 from detr_hf import DetrHfForObjectDetection
 from detr_hf.data import make_synthetic_dataset
 from detr_hf.data.schema import detection_features
@@ -31,19 +29,8 @@ from detr_hf.training import (
     find_latest_checkpoint,
 )
 from detr_hf.training.data import check_categories
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY_MODEL_ARGS = [
-    "--backbone", "test_resnet", "--d_model", "32", "--encoder_layers", "1", "--decoder_layers", "2",
-    "--num_heads", "4", "--ffn_dim", "64", "--num_queries", "6", "--report_to", "none", "--no_progress_bar",
-]  # fmt: skip
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import tiny_config
+from script_helpers import ROOT, TINY_MODEL_ARGS, load_script
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +38,7 @@ def train_script():
     return load_script("train")
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def test_a_few_steps_overfit_a_fixed_batch():

@@ -10,7 +10,7 @@ from transformers import EvalPrediction
 
 from detr_hf.coco_evaluation import compute_coco_map
 from detr_hf.image_processing_detr_hf import DetrHfImageProcessor
-from test_train_accelerate import TINY_MODEL_ARGS, load_script
+from script_helpers import TINY_MODEL_ARGS, load_script
 
 
 def test_trainer_trains_and_reports_coco_map(tmp_path):

@@ -1,80 +1,48 @@
-"""Shared helpers of the training-script tests: a realistic COCO folder, tiny checkpoints, the example scripts."""
+"""Helpers of the example-script tests: tiny-model flags, examples/*.py as modules, the flags that train on a
+generated COCO folder, tiny saved checkpoints and a training_config.json as a run writes it."""
 
 from __future__ import annotations
 
 import importlib.util
-import json
-import random
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+from helpers import COCO_CATEGORIES, CocoFixture
 
 ROOT = Path(__file__).resolve().parents[1]
 # COCO's own ids and names, plus one category COCO does not have.
-COCO_FIXTURE_CATEGORIES = [
-    {"id": 1, "name": "person"},
-    {"id": 3, "name": "car"},
-    {"id": 7, "name": "train"},
-    {"id": 18, "name": "dog"},
-    {"id": 95, "name": "widget"},
-]
+COCO_AND_NEW_CATEGORIES = [*COCO_CATEGORIES, {"id": 95, "name": "widget"}]
 # A tiny model for every run (flags that are allowed with every fresh-model recipe).
 TINY_FRESH_MODEL = [
     "--backbone", "test_resnet", "--no_pretrained_backbone", "--d_model", "32", "--encoder_layers", "1",
     "--decoder_layers", "1", "--num_heads", "4", "--ffn_dim", "64", "--num_queries", "8",
 ]  # fmt: skip
 QUIET_RUN = ["--report_to", "none", "--no_progress_bar"]
+# The tiny model of the evaluation-file tests (flags both scripts accept).
+TINY_TRAINING_ARGV = [
+    "--backbone", "test_resnet", "--no_pretrained_backbone", "--d_model", "32", "--encoder_layers", "1",
+    "--decoder_layers", "1", "--num_heads", "4", "--ffn_dim", "64", "--num_queries", "12", "--report_to", "none",
+]  # fmt: skip
+# The tiny model of the training-script tests (train.py flags; drop --no_progress_bar for train_trainer.py).
+TINY_MODEL_ARGS = [
+    "--backbone", "test_resnet", "--d_model", "32", "--encoder_layers", "1", "--decoder_layers", "2",
+    "--num_heads", "4", "--ffn_dim", "64", "--num_queries", "6", "--report_to", "none", "--no_progress_bar",
+]  # fmt: skip
 
 
 def load_script(name: str):
-    """examples/<name>.py as a module."""
+    """examples/<name>.py as a module (the scripts are not a package)."""
     spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def _split(folder: Path, name: str, num_images: int, rng: random.Random, first_id: int) -> dict:
-    images, annotations = [], []
-    (folder / name).mkdir(parents=True, exist_ok=True)
-    for k in range(num_images):
-        width, height = rng.choice([(640, 480), (333, 500), (700, 300), (420, 420)])
-        pixels = np.random.default_rng(first_id + k).integers(0, 255, (height, width, 3), dtype=np.uint8)
-        file_name = f"img_{first_id + k:05d}.jpg"
-        Image.fromarray(pixels).save(folder / name / file_name, quality=80)
-        image_id = first_id + k
-        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
-        for _ in range(0 if k == 0 else rng.randint(1, 12)):  # the first image has no objects
-            w, h = rng.uniform(20, width / 2), rng.uniform(20, height / 2)
-            x, y = rng.uniform(0, width - w), rng.uniform(0, height - h)
-            annotations.append(
-                {
-                    "id": len(annotations) + 1 + 10_000 * first_id,
-                    "image_id": image_id,
-                    "category_id": rng.choice(COCO_FIXTURE_CATEGORIES)["id"],
-                    "bbox": [x, y, w, h],
-                    "area": w * h * 0.8,
-                    "iscrowd": 0,
-                }
-            )
-        if k == 1:  # a large crowd region
-            annotations.append(
-                {"id": 10_000 * first_id + 9_999, "image_id": image_id, "category_id": 1,
-                 "bbox": [0.0, 0.0, width * 0.6, height * 0.6], "area": width * height * 0.3, "iscrowd": 1}
-            )  # fmt: skip
-    return {"images": images, "annotations": annotations, "categories": COCO_FIXTURE_CATEGORIES}
-
-
-def make_coco_folder(folder: Path, num_train: int = 6, num_val: int = 2, seed: int = 0) -> Path:
-    """A COCO folder: train2017/ val2017/ JPEGs of 300–700 px, 0–12 objects each, COCO category ids 1, 3, 7, 18
-    and 95, a crowd region, annotations/instances_{train,val}2017.json."""
-    rng = random.Random(seed)
-    (folder / "annotations").mkdir(parents=True, exist_ok=True)
-    for name, count, first in (("train2017", num_train, 1), ("val2017", num_val, 500)):
-        data = _split(folder, name, count, rng, first)
-        (folder / "annotations" / f"instances_{name}.json").write_text(json.dumps(data))
-    return folder
+def coco_folder_argv(fixture: CocoFixture) -> list[str]:
+    """The training-script flags that train on `fixture`."""
+    return [
+        "--coco_dir", str(fixture.root), "--train_annotations", "annotations/instances_train.json",
+        "--val_annotations", "annotations/instances_val.json",
+    ]  # fmt: skip
 
 
 def save_tiny_checkpoint(folder: Path, id2label: dict[int, str], size: dict[str, int], seed: int = 0) -> Path:
