@@ -6,6 +6,7 @@ import importlib.abc
 import importlib.util
 import json
 import logging
+import os
 import sys
 
 
@@ -45,12 +46,14 @@ def main(source: str, inputs_file: str, out_file: str) -> None:
     from transformers import pipeline
     from transformers.utils import logging as hf_logging
 
-    errors = []
-    handler = logging.Handler()
-    handler.emit = lambda record: errors.append(record.getMessage())
-    hf_logging.get_logger("transformers.pipelines.base").addHandler(handler)
-    detections = pipeline("object-detection", model=source, trust_remote_code=True)
-    detections = detections(PIL.Image.fromarray(inputs["image"].numpy()), threshold=0.0)
+    # (A local folder only: from a Hub repo, pipeline() also asks the Hub for chat templates and tokenizer files.)
+    errors, detections = [], []
+    if os.path.isdir(source):
+        handler = logging.Handler()
+        handler.emit = lambda record: errors.append(record.getMessage())
+        hf_logging.get_logger("transformers.pipelines.base").addHandler(handler)
+        detector_pipeline = pipeline("object-detection", model=source, trust_remote_code=True)
+        detections = detector_pipeline(PIL.Image.fromarray(inputs["image"].numpy()), threshold=0.0)
     torch.save(
         {
             "logits": detected.logits,
