@@ -1,4 +1,5 @@
-"""Benchmark: DETR-R50 inference, training step, peak RSS and FLOP/s, detr_hf vs transformers, same weights."""
+"""Benchmark: DETR-R50 inference, training step, peak memory and FLOP/s, detr_hf vs transformers, same weights
+(on the CPU or a CUDA device)."""
 
 from __future__ import annotations
 
@@ -16,30 +17,43 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import compare, machine_facts, peak_matmul_flops, time_alternating  # noqa: E402
+from common import (  # noqa: E402
+    compare,
+    machine_facts,
+    peak_matmul_flops,
+    synchronize,
+    time_alternating,
+    to_device,
+)
 
 NUM_LABELS = 91
 
 
-def reference_config():
-    """transformers' DETR-R50 with a timm backbone, random weights (nothing is downloaded), aux loss on."""
+# A tiny DETR for smoke runs of the benchmark plumbing (its figures mean nothing).
+SMOKE_CONFIG = dict(
+    backbone="resnet18", d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+    decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=10,
+)  # fmt: skip
+
+
+def reference_config(smoke: bool = False):
+    """transformers' DETR-R50 with a timm backbone, random weights (nothing is downloaded), aux loss on;
+    `smoke`: a tiny ResNet-18 DETR instead."""
     from transformers import DetrConfig
 
-    return DetrConfig(
-        use_timm_backbone=True, backbone="resnet50", use_pretrained_backbone=False, num_labels=NUM_LABELS,
-        auxiliary_loss=True,
-    )  # fmt: skip
+    settings = dict(use_timm_backbone=True, backbone="resnet50", use_pretrained_backbone=False, num_labels=NUM_LABELS)
+    return DetrConfig(**(settings | {"auxiliary_loss": True} | (SMOKE_CONFIG if smoke else {})))
 
 
-def save_pair(folder: Path, seed: int = 0) -> tuple[Path, Path]:
-    """Write a random transformers DETR-R50 and its detr_hf conversion (same weights) under `folder`."""
+def save_pair(folder: Path, seed: int = 0, smoke: bool = False) -> tuple[Path, Path]:
+    """Write a random transformers DETR-R50 (tiny with `smoke`) and its detr_hf conversion (same weights)."""
     from transformers import DetrForObjectDetection
 
     from detr_hf.convert import convert_transformers_checkpoint
 
     torch.manual_seed(seed)
     reference_dir, ours_dir = folder / "transformers", folder / "detr_hf"
-    DetrForObjectDetection(reference_config()).save_pretrained(reference_dir)
+    DetrForObjectDetection(reference_config(smoke)).save_pretrained(reference_dir)
     convert_transformers_checkpoint(reference_dir, ours_dir)
     return reference_dir, ours_dir
 
@@ -54,8 +68,8 @@ def load(kind: str, folder: Path) -> torch.nn.Module:
     return DetrHfForObjectDetection.from_pretrained(folder)
 
 
-def make_batch(sizes: tuple[tuple[int, int], ...], seed: int = 0):
-    """Images padded bottom/right to the largest size, pixel_mask (1 = pixel), 3–8 boxes per image."""
+def make_batch(sizes: tuple[tuple[int, int], ...], seed: int = 0, device: str | torch.device = "cpu"):
+    """Images padded bottom/right to the largest size, pixel_mask (1 = pixel), 3–8 boxes per image, on `device`."""
     gen = torch.Generator().manual_seed(seed)
     height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
     pixels = torch.zeros(len(sizes), 3, height, width)
@@ -69,11 +83,12 @@ def make_batch(sizes: tuple[tuple[int, int], ...], seed: int = 0):
             [torch.rand(n, 2, generator=gen) * 0.5 + 0.25, torch.rand(n, 2, generator=gen) * 0.3 + 0.1], 1
         )
         labels.append({"class_labels": torch.randint(0, NUM_LABELS, (n,), generator=gen), "boxes": boxes})
-    return pixels, mask, labels
+    return pixels.to(device), mask.to(device), to_device(labels, device)
 
 
 BATCH_512 = ((512, 512), (512, 384))  # batch 2 padded to 512²
 COCO_IMAGE = ((800, 1066),)
+SMOKE_BATCH, SMOKE_IMAGE = ((128, 128), (128, 96)), ((160, 213),)
 
 
 def training_step(model: torch.nn.Module, pixels, mask, labels) -> float:
@@ -83,8 +98,8 @@ def training_step(model: torch.nn.Module, pixels, mask, labels) -> float:
     return float(loss)
 
 
-def bench_inference(models: dict, sizes, repeats: int) -> dict:
-    pixels, mask, _ = make_batch(sizes)
+def bench_inference(models: dict, sizes, repeats: int, device: str = "cpu") -> dict:
+    pixels, mask, _ = make_batch(sizes, device=device)
     for model in models.values():
         model.eval()
 
@@ -94,16 +109,18 @@ def bench_inference(models: dict, sizes, repeats: int) -> dict:
 
     outs = {name: forward(model) for name, model in models.items()}
     diff = (outs["detr_hf"].logits - outs["transformers"].logits).abs().max().item()
-    times = time_alternating({name: (lambda m=m: forward(m)) for name, m in models.items()}, repeats)
-    return compare(times) | {"max_abs_logit_diff": diff}
+    fns = {name: (lambda m=m: forward(m)) for name, m in models.items()}
+    return compare(time_alternating(fns, repeats, device=device)) | {"max_abs_logit_diff": diff}
 
 
-def bench_training(models: dict, sizes, repeats: int) -> dict:
-    pixels, mask, labels = make_batch(sizes)
+def bench_training(models: dict, sizes, repeats: int, device: str = "cpu") -> dict:
+    pixels, mask, labels = make_batch(sizes, device=device)
     for model in models.values():
         model.train()
     times = time_alternating(
-        {name: (lambda m=m: training_step(m, pixels, mask, labels)) for name, m in models.items()}, repeats
+        {name: (lambda m=m: training_step(m, pixels, mask, labels)) for name, m in models.items()},
+        repeats,
+        device=device,
     )
     trainable = {
         f"{n}_trainable_params": sum(p.numel() for p in m.parameters() if p.requires_grad)
@@ -112,9 +129,9 @@ def bench_training(models: dict, sizes, repeats: int) -> dict:
     return compare(times) | trainable
 
 
-def bench_flops(models: dict, sizes, inference: dict, peak: float) -> dict:
+def bench_flops(models: dict, sizes, inference: dict, peak: float, device: str = "cpu") -> dict:
     """Model FLOPs of one inference forward (FlopCounterMode) and FLOP/s at the measured median time."""
-    pixels, mask, _ = make_batch(sizes)
+    pixels, mask, _ = make_batch(sizes, device=device)
     result = {"machine_peak_gflops": peak / 1e9}
     for name, model in models.items():
         model.eval()
@@ -141,11 +158,11 @@ def _status_mib(field: str) -> float:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def rss_child(kind: str, folder: str) -> None:
+def rss_child(kind: str, folder: str, smoke: bool = False) -> None:
     """Run in a fresh process: load one model, reset the peak-RSS mark, run two training steps, print the
     peak RSS of the steps (MiB) as JSON. Loading can peak higher than training, so the mark is reset first."""
     model = load(kind, Path(folder)).train()
-    pixels, mask, labels = make_batch(BATCH_512)
+    pixels, mask, labels = make_batch(SMOKE_BATCH if smoke else BATCH_512)
     gc.collect()
     before = _status_mib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
@@ -155,12 +172,12 @@ def rss_child(kind: str, folder: str) -> None:
     print(json.dumps({"peak_rss_mib": _status_mib("VmHWM"), "rss_before_step_mib": before}))
 
 
-def bench_rss(dirs: dict[str, Path]) -> dict:
+def bench_rss(dirs: dict[str, Path], smoke: bool = False) -> dict:
     result = {}
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     for name, folder in dirs.items():
         proc = subprocess.run(
-            [sys.executable, __file__, "--rss-child", name, str(folder)],
+            [sys.executable, __file__, "--rss-child", name, str(folder), *(["--smoke"] if smoke else [])],
             capture_output=True, text=True, env=env, check=False,
         )  # fmt: skip
         if proc.returncode:
@@ -170,6 +187,26 @@ def bench_rss(dirs: dict[str, Path]) -> dict:
     # The step's own memory (activations, gradients) above the loaded model.
     step = {n: result[n]["peak_rss_mib"] - result[n]["rss_before_step_mib"] for n in dirs}
     result["step_increment_ratio"] = step["detr_hf"] / max(step["transformers"], 1e-9)
+    return result
+
+
+def bench_cuda_memory(models: dict, sizes, device: str) -> dict:
+    """Peak CUDA memory allocated during a training step (MiB), each model alone on the device."""
+    pixels, mask, labels = make_batch(sizes, device=device)
+    result = {}
+    for name, model in models.items():
+        for other in models.values():
+            other.to("cpu")
+        model.to(device).train()
+        training_step(model, pixels, mask, labels)  # warm-up: kernel choice, allocator caches
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        training_step(model, pixels, mask, labels)
+        synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        result[name] = {"peak_cuda_mib": peak / 2**20, "allocated_before_step_mib": before / 2**20}
+    result["ratio"] = result["detr_hf"]["peak_cuda_mib"] / result["transformers"]["peak_cuda_mib"]
     return result
 
 
@@ -183,32 +220,42 @@ def _timed(results: dict, key: str, fn, *args) -> None:
     )
 
 
-def run(quick: bool = False) -> dict:
-    """Every model benchmark; {"inference_512_b2": {...}, "inference_800x1066": ..., "training_step": ..., ...}."""
+def run(quick: bool = False, device: str = "cpu", smoke: bool = False) -> dict:
+    """Every model benchmark; {"inference_512_b2": {...}, "inference_800x1066": ..., "training_step": ..., ...}.
+    On CUDA the memory entry is the peak CUDA memory of a training step (`peak_cuda_training`) instead of
+    the process's peak RSS. `smoke`: tiny models and images, one repeat (checks the plumbing only)."""
     results: dict = {}
+    batch, image = (SMOKE_BATCH, SMOKE_IMAGE) if smoke else (BATCH_512, COCO_IMAGE)
+    repeats = (1, 1, 1) if smoke else (3, 2, 2) if quick else (15, 9, 9)
     with tempfile.TemporaryDirectory() as tmp:
-        dirs = dict(zip(("transformers", "detr_hf"), save_pair(Path(tmp))))
-        models = {name: load(name, folder) for name, folder in dirs.items()}
-        _timed(results, "inference_512_b2", bench_inference, models, BATCH_512, 3 if quick else 15)
-        _timed(results, "inference_800x1066", bench_inference, models, COCO_IMAGE, 2 if quick else 9)
-        _timed(results, "training_step_512_b2", bench_training, models, BATCH_512, 2 if quick else 9)
-        peak = peak_matmul_flops()
-        _timed(results, "flops_512_b2", bench_flops, models, BATCH_512, results["inference_512_b2"], peak)
+        dirs = dict(zip(("transformers", "detr_hf"), save_pair(Path(tmp), smoke=smoke)))
+        models = {name: load(name, folder).to(device) for name, folder in dirs.items()}
+        _timed(results, "inference_512_b2", bench_inference, models, batch, repeats[0], device)
+        _timed(results, "inference_800x1066", bench_inference, models, image, repeats[1], device)
+        _timed(results, "training_step_512_b2", bench_training, models, batch, repeats[2], device)
+        peak = peak_matmul_flops(256 if smoke else 2048, device=device)
+        _timed(results, "flops_512_b2", bench_flops, models, batch, results["inference_512_b2"], peak, device)
+        if torch.device(device).type == "cuda":
+            _timed(results, "peak_cuda_training", bench_cuda_memory, models, batch, device)
         del models
-        _timed(results, "peak_rss_training", bench_rss, dirs)
+        if torch.device(device).type == "cpu":
+            _timed(results, "peak_rss_training", bench_rss, dirs, smoke)
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--smoke", action="store_true", help="tiny models and images (plumbing check only)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--rss-child", nargs=2, metavar=("KIND", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
-        rss_child(*args.rss_child)
+        rss_child(*args.rss_child, smoke=args.smoke)
         return
     start = time.perf_counter()
-    print(json.dumps({"machine": machine_facts(), "model": run(args.quick)}, indent=2))
+    report = {"machine": machine_facts(args.device), "model": run(args.quick, args.device, args.smoke)}
+    print(json.dumps(report, indent=2))
     print(f"took {time.perf_counter() - start:.0f} s", file=sys.stderr)
 
 

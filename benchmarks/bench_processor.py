@@ -17,11 +17,11 @@ from detr_hf.image_processing_detr_hf import DetrHfImageProcessor
 NUM_IMAGES, MIN_SIDE, MAX_SIDE = 16, 480, 640
 
 
-def make_batch(seed: int = 0) -> tuple[list[PIL.Image.Image], list[dict]]:
-    """16 RGB PIL images with sides in [480, 640] and 5–20 COCO boxes each (some crowd)."""
+def make_batch(seed: int = 0, num_images: int = NUM_IMAGES) -> tuple[list[PIL.Image.Image], list[dict]]:
+    """`num_images` RGB PIL images with sides in [480, 640] and 5–20 COCO boxes each (some crowd)."""
     rng = np.random.default_rng(seed)
     images, annotations = [], []
-    for index in range(NUM_IMAGES):
+    for index in range(num_images):
         height, width = (int(v) for v in rng.integers(MIN_SIDE, MAX_SIDE + 1, 2))
         images.append(PIL.Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)))
         objects = []
@@ -67,13 +67,14 @@ def summarise(medians: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def run(quick: bool = False, cpu_time: bool = False) -> dict:
+def run(quick: bool = False, cpu_time: bool = False, smoke: bool = False) -> dict:
     """{"images": {...}, "images+annotations": {...}, "collator": {...}}; each holds per-candidate ms and the
     ratios detr_hf / transformers (torchvision) and detr_hf / transformers_pil. `cpu_time` times with the
-    process CPU clock (all threads) instead of wall time: steadier on a machine shared with other jobs."""
+    process CPU clock (all threads) instead of wall time: steadier on a machine shared with other jobs.
+    `smoke`: 2 images, one repeat (plumbing check only)."""
     clock = time.process_time if cpu_time else time.perf_counter
-    images, annotations = make_batch()
-    repeats = 5 if quick else 15
+    images, annotations = make_batch(num_images=2 if smoke else NUM_IMAGES)
+    repeats = 1 if smoke else 5 if quick else 15
     results: dict = {}
     for scenario, anns in (("images", None), ("images+annotations", annotations)):
         results[scenario] = summarise(median_times(candidates(images, anns), repeats, clock))

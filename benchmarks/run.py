@@ -1,7 +1,11 @@
 """Run every benchmark (model, processor, matcher + loss) against transformers' DETR; write JSON and a table.
 
-python benchmarks/run.py            # full run, writes benchmarks/results/latest.{json,md}
-python benchmarks/run.py --quick    # smoke run with fewer repeats
+python benchmarks/run.py                  # full run on the CPU, writes benchmarks/results/latest.{json,md}
+python benchmarks/run.py --quick          # fewer repeats
+python benchmarks/run.py --device cuda    # the same suites on a GPU, plus AMP bf16/fp16, channels-last and the
+                                          # matcher's host round trip; writes latest_cuda.{json,md}
+python benchmarks/run.py --smoke          # tiny models, one repeat: checks the plumbing, figures mean nothing
+Without a CUDA device, --device cuda prints one line and exits with code 2.
 """
 
 from __future__ import annotations
@@ -14,17 +18,16 @@ import time
 import traceback
 from pathlib import Path
 
+import torch
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import bench_loss  # noqa: E402
-import bench_model  # noqa: E402
-import bench_processor  # noqa: E402
-from common import machine_facts  # noqa: E402
+from common import NO_CUDA_MESSAGE, machine_facts  # noqa: E402
 
-SUITES = {"model": bench_model.run, "processor": bench_processor.run, "loss": bench_loss.run}
+SUITE_NAMES = ("model", "processor", "loss", "gpu")
 # Goals of issue 7: ratio detr_hf ÷ transformers, same run, same machine.
 GOALS = {"inference": 0.70, "training": 0.80, "rss": 0.90, "processor": 0.40, "loss_b64": 0.15}
 
@@ -70,6 +73,10 @@ def markdown(report: dict) -> str:
         e = model["peak_rss_training"]
         ours, ref = e["detr_hf"]["peak_rss_mib"], e["transformers"]["peak_rss_mib"]
         lines.append(_row("peak RSS of a training step (own process)", f"{ours:.0f} MiB", f"{ref:.0f} MiB", e["ratio"], GOALS["rss"]))  # fmt: skip
+    if "peak_cuda_training" in model:
+        e = model["peak_cuda_training"]
+        ours, ref = e["detr_hf"]["peak_cuda_mib"], e["transformers"]["peak_cuda_mib"]
+        lines.append(_row("peak CUDA memory of a training step", f"{ours:.0f} MiB", f"{ref:.0f} MiB", e["ratio"], None))  # fmt: skip
     if "flops_512_b2" in model:
         e = model["flops_512_b2"]
         for name in ("detr_hf", "transformers"):
@@ -93,44 +100,86 @@ def markdown(report: dict) -> str:
                 e = entry[mode]
                 goal = GOALS["loss_b64"] if key == "B=64" else None
                 lines.append(_row(f"matcher + loss {mode}, {key}", _ms(e, "detr_hf"), _ms(e, "transformers"), e["ratio"], goal))  # fmt: skip
+    gpu = report["results"].get("gpu", {})
+    for key, e in gpu.get("precision_and_layout", {}).items():
+        lines.append(_row(f"GPU {key}", _ms(e, "detr_hf"), _ms(e, "transformers"), e["ratio"], None))
+    for key, e in gpu.get("matcher_round_trip", {}).items():
+        parts = ", ".join(f"{name.removesuffix('_ms').replace('_', ' ')} {value:.2f} ms" for name, value in e.items())
+        lines.append(f"| GPU matcher, 6 layers, 100 queries, {key}: {parts} | - | - | - | - |")
     for suite, error in report.get("errors", {}).items():
         lines.append(f"| {suite}: FAILED ({error.splitlines()[-1][:120]}) | - | - | - | - |")
     m = report["machine"]
+    flags = "".join(f" --{flag}" for flag in ("quick", "smoke") if report.get(flag))
+    if report.get("device", "cpu") != "cpu":
+        flags += f" --device {report['device']}"
     lines += [
         "",
         f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, torch threads {m['torch_threads']}, "
-        f"load average at start {m.get('load_average_1min_at_start', '?')}; "
+        + (f"GPU {m['gpu']} (CUDA {m['cuda']}), " if "gpu" in m else "")
+        + f"load average at start {m.get('load_average_1min_at_start', '?')}; "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
-        + f". Command: `python benchmarks/run.py{' --quick' if report['quick'] else ''}` "
+        + f". Command: `python benchmarks/run.py{flags}` "
         f"({report['seconds']:.0f} s). Medians of alternating runs after warm-up; same weights (converted).",
     ]
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def suites(device: str) -> dict:
+    """name → run(quick, smoke); imported only once the device is known to exist. The processor suite runs on
+    the CPU whatever the device (it is CPU work); the gpu suite only on CUDA."""
+    import bench_loss
+    import bench_model
+    import bench_processor
+
+    found = {
+        "model": lambda quick, smoke: bench_model.run(quick, device, smoke),
+        "processor": lambda quick, smoke: bench_processor.run(quick, smoke=smoke),
+        "loss": lambda quick, smoke: bench_loss.run(quick, device, smoke),
+    }
+    if device.startswith("cuda"):
+        import bench_gpu
+
+        found["gpu"] = lambda quick, smoke: bench_gpu.run(quick, device, smoke)
+    return found
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
-    parser.add_argument("--only", nargs="+", choices=list(SUITES), help="run only these suites")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--smoke", action="store_true", help="tiny models, one repeat (plumbing check only)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda / cuda:N")
+    parser.add_argument("--only", nargs="+", choices=SUITE_NAMES, help="run only these suites")
     parser.add_argument(
         "--out", type=Path, default=HERE / "results", help="folder for latest.json / latest.md"
     )
-    args = parser.parse_args()
-    report: dict = {"machine": machine_facts(), "quick": args.quick, "results": {}, "errors": {}}
+    args = parser.parse_args(argv)
+    if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
+        print(NO_CUDA_MESSAGE if args.device.startswith("cuda") else f"unknown device {args.device!r}: use cpu or cuda", file=sys.stderr)
+        sys.exit(2)
+    found = suites(args.device)
+    report: dict = {
+        "machine": machine_facts(args.device), "device": args.device, "quick": args.quick, "smoke": args.smoke,
+        "results": {}, "errors": {},
+    }  # fmt: skip
     start = time.perf_counter()
-    for name in args.only or list(SUITES):
+    for name in args.only or list(found):
+        if name not in found:
+            report["errors"][name] = f"the {name} suite runs on a CUDA device only (--device cuda)"
+            continue
         print(f"== {name}", file=sys.stderr, flush=True)
         try:
-            report["results"][name] = SUITES[name](args.quick)
+            report["results"][name] = found[name](args.quick, args.smoke)
         except Exception:  # one failing suite must not hide the others' figures
             report["errors"][name] = traceback.format_exc()
             print(report["errors"][name], file=sys.stderr)
     report["seconds"] = time.perf_counter() - start
     table = markdown(report)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "latest.md").write_text(table)
+    stem = "latest" if args.device == "cpu" else "latest_cuda"
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / f"{stem}.md").write_text(table)
     print(table)
     sys.exit(1 if report["errors"] else 0)
 

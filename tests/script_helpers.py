@@ -1,9 +1,10 @@
 """Helpers of the example-script tests: tiny-model flags, examples/*.py as modules, the flags that train on a
-generated COCO folder, tiny saved checkpoints and a training_config.json as a run writes it."""
+generated COCO folder, tiny saved checkpoints, a training_config.json as a run writes it, a free loopback port."""
 
 from __future__ import annotations
 
 import importlib.util
+import socket
 from pathlib import Path
 
 from helpers import COCO_CATEGORIES, CocoFixture
@@ -27,6 +28,13 @@ TINY_MODEL_ARGS = [
     "--backbone", "test_resnet", "--d_model", "32", "--encoder_layers", "1", "--decoder_layers", "2",
     "--num_heads", "4", "--ffn_dim", "64", "--num_queries", "6", "--report_to", "none", "--no_progress_bar",
 ]  # fmt: skip
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on right now (for a rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def load_script(name: str):

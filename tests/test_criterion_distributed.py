@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,14 +12,9 @@ import pytest
 import torch
 
 from distributed_loss_worker import TERMS, single_process_result
+from script_helpers import free_port
 
 WORKER = Path(__file__).with_name("distributed_loss_worker.py")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch_command(launcher: str, out: Path, *extra: str) -> list[str]:
