@@ -126,14 +126,20 @@ def plot(results: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
 
-    fig, axes = plt.subplots(1, len(AXIS_LABELS), figsize=(4 * len(AXIS_LABELS), 3.6))
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7.5))
+    axes = axes.ravel()
+    axes[-1].axis("off")
     for ax, (axis, label) in zip(axes, AXIS_LABELS.items()):
         entries = results.get(axis, [])
+        xs = [e["x"] for e in entries]
         for name, style in zip(NAMES, ("o-", "s--")):
-            ax.plot([e["x"] for e in entries], [e[f"{name}_ms"] for e in entries], style, label=name)
+            ax.plot(xs, [e[f"{name}_ms"] for e in entries], style, label=name)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticks(xs, [str(x) for x in xs])
         ax.set_xlabel(label, fontsize=8)
         ax.set_ylabel("ms (median)", fontsize=8)
         ax.grid(True, which="both", alpha=0.3)

@@ -129,12 +129,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     sampler = EpochSampler(len(train_set), seed=args.seed)
     train_loader = DataLoader(
         train_set, batch_size=args.per_device_train_batch_size, sampler=sampler, collate_fn=collator,
-        num_workers=args.dataloader_num_workers, drop_last=True,
+        num_workers=args.dataloader_num_workers, drop_last=True, pin_memory=accelerator.device.type == "cuda",
         generator=torch.Generator().manual_seed(args.seed),  # keeps the global RNG out of loader start-up
     )  # fmt: skip
     val_loader = DataLoader(
         val_set, batch_size=args.per_device_eval_batch_size, shuffle=False, collate_fn=collator,
-        num_workers=args.dataloader_num_workers,
+        num_workers=args.dataloader_num_workers, pin_memory=accelerator.device.type == "cuda",
     )  # fmt: skip
 
     optimizer = torch.optim.AdamW(

@@ -17,8 +17,10 @@ from detr_hf.data import (
     build_train_transform,
     make_synthetic_dataset,
 )
+from detr_hf.data.pixels import image_tensor
 from detr_hf.data.schema import detection_features
-from helpers import make_coco_folder
+from detr_hf.data.transforms import transform_boxes
+from helpers import make_coco_folder, textured_image
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +117,43 @@ def test_seeded_augmentation_replays(coco_val):
     assert all(torch.equal(first["labels"][k], again["labels"][k]) for k in first["labels"])
     boxes = first["labels"]["boxes"]
     assert bool(((boxes >= 0) & (boxes <= 1)).all()) and bool((boxes[:, 2:] > 0).all())
+
+
+class _ContiguousRows:
+    """A folder whose rows carry the decoded image as a contiguous CHW copy: the plain computation."""
+
+    def __init__(self, folder: CocoFolder) -> None:
+        self.folder = folder
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, index: int) -> dict:
+        row = dict(self.folder[index])
+        row["image"] = image_tensor(row["image"], "test").contiguous()
+        return row
+
+
+def test_the_uncopied_decoded_view_is_transformed_exactly_like_a_contiguous_copy(coco_val):
+    # Samples skip the full-size HWC → CHW copy (the resize reads the channels-last view); the values must be
+    # those of the plain computation, for the train and eval recipes, photos, EXIF-rotated and empty images.
+    _, folder = coco_val
+    assert not image_tensor(folder[0]["image"], "test").is_contiguous()
+    for transform in (build_train_transform(), build_eval_transform()):
+        fast = DetectionDataset(folder, transform, seed=3)
+        plain = DetectionDataset(_ContiguousRows(folder), transform, seed=3)
+        for index in range(len(folder)):
+            got, expected = fast[(1, index)], plain[(1, index)]
+            assert got["image"].is_contiguous() and got["image"].dtype == torch.uint8
+            assert torch.equal(got["image"], expected["image"]), index
+            for key, value in expected["labels"].items():
+                assert torch.equal(got["labels"][key], value), (index, key)
+    # Float images (16-bit scaled, float arrays) take the same path.
+    floats = textured_image(300, 420, seed=1).astype(np.float32) / 255.0
+    labels = torch.tensor([0, 2])
+    for seed in range(4):
+        torch.manual_seed(seed)
+        got = transform_boxes(build_train_transform(), image_tensor(floats, "f"), [[5, 6, 80, 90], [100, 40, 200, 150]], labels)
+        torch.manual_seed(seed)
+        expected = transform_boxes(build_train_transform(), image_tensor(floats, "f").contiguous(), [[5, 6, 80, 90], [100, 40, 200, 150]], labels)
+        assert all(torch.equal(a, b) for a, b in zip(got, expected)), seed

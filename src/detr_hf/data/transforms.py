@@ -128,7 +128,9 @@ def transform_boxes(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Apply `transform` to an image [C, H, W] and its COCO boxes [x, y, w, h] (converted once to XYXY).
 
-    Returns (image [C, H', W'], boxes float [N', 4] absolute XYXY in the transformed image, labels int64 [N']).
+    Returns (image [C, H', W'] contiguous, boxes float [N', 4] absolute XYXY in the transformed image, labels
+    int64 [N']). `pixels` may be any strided view (e.g. `image_tensor`'s channels-last one): it is copied only
+    once transformed, at its new size.
     `transform=None` only clips (`box_cleanup`); a transform of your own must end with `box_cleanup()`.
     """
     boxes = _boxes_tensor(bboxes_xywh, where)
@@ -144,7 +146,7 @@ def transform_boxes(
     }
     sample = (transform or v2.Compose(box_cleanup()))(sample)
     return (
-        sample["image"].as_subclass(torch.Tensor),
+        sample["image"].as_subclass(torch.Tensor).contiguous(),
         sample["boxes"].as_subclass(torch.Tensor),
         sample["labels"],
     )
