@@ -31,14 +31,14 @@ NUM_LABELS = 91
 
 # A tiny DETR for smoke runs of the benchmark plumbing (its figures mean nothing).
 SMOKE_CONFIG = dict(
-    backbone="resnet18", d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+    backbone="test_resnet", d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
     decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=10,
 )  # fmt: skip
 
 
 def reference_config(smoke: bool = False):
     """transformers' DETR-R50 with a timm backbone, random weights (nothing is downloaded), aux loss on;
-    `smoke`: a tiny ResNet-18 DETR instead."""
+    `smoke`: a tiny DETR on timm's test_resnet instead."""
     from transformers import DetrConfig
 
     settings = dict(use_timm_backbone=True, backbone="resnet50", use_pretrained_backbone=False, num_labels=NUM_LABELS)
@@ -95,7 +95,7 @@ def training_step(model: torch.nn.Module, pixels, mask, labels) -> float:
     model.zero_grad(set_to_none=True)
     loss = model(pixel_values=pixels, pixel_mask=mask, labels=labels).loss
     loss.backward()
-    return float(loss)
+    return float(loss.detach())
 
 
 def bench_inference(models: dict, sizes, repeats: int, device: str = "cpu") -> dict:

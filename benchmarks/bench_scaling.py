@@ -102,7 +102,7 @@ def run(quick: bool = False, max_seconds: float = 900.0, repeats: int | None = N
                 results[axis].append(entry)
                 print(f"{axis} {value}: {json.dumps(entry)}", file=sys.stderr, flush=True)
     results["settings"] = {
-        "model": "tiny ResNet-18 DETR (smoke)" if quick else "DETR-R50, 6+6 layers, 100 queries, aux loss",
+        "model": "tiny DETR on timm test_resnet (smoke)" if quick else "DETR-R50, 6+6 layers, 100 queries, aux loss",
         "batch_image_side": side, "repeats": repeats, "max_seconds": max_seconds,
         "loss": f"{bench_loss.LAYERS} decoder layers (aux on), 5-20 targets per image",
     }  # fmt: skip
