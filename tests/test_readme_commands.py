@@ -69,7 +69,7 @@ def _hub_cache_with_timm_resnet50(hub_cache: Path) -> None:
 def _lay_out(work: Path) -> dict[str, str]:
     """The folders the README commands name, under `work`; returns the environment to run them in."""
     (work / "examples").symlink_to(ROOT / "examples", target_is_directory=True)
-    coco = make_coco_folder(work / "data" / "mycoco", num_train=2, num_val=1)
+    coco = make_coco_folder(work / "data" / "mycoco", num_train=4, num_val=1)  # one recipe batch of 4
     layout = work / "data" / "coco"
     (layout / "annotations").mkdir(parents=True)
     for split in ("train", "val"):
@@ -124,7 +124,7 @@ def test_every_readme_training_command_runs_as_written(tmp_path):
         out = tmp_path / (_flag(words, "--output_dir") or TRAINING_SCRIPTS[script])
         shutil.rmtree(out, ignore_errors=True)  # several commands share the default output folder
         proc = subprocess.run(argv, cwd=tmp_path, env=run_env, capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, (shlex.join(words), proc.stderr[-4000:])
+        assert proc.returncode == 0, f"{shlex.join(words)} failed:\n{proc.stderr[-3000:]}"
         config = json.loads((out / "training_config.json").read_text())
         processor = json.loads((out / "preprocessor_config.json").read_text())
         assert config["images"]["processor_size"] == processor["size"], words
