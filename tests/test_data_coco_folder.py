@@ -151,11 +151,31 @@ def test_unknown_category_names_the_annotation(tmp_path):
     [
         (_ann(8, 99, [1, 1, 5, 5]), "annotation id 8 names unknown image_id 99"),
         (_ann(9, 1, [1, 1, 5]), "annotation id 9 has bbox"),
+        (_ann(10, 1, [1, 1, "5", 5]), "annotation id 10 has bbox"),
+        (_ann(12, 1, None), "annotation id 12 has bbox None"),
+        ({"id": 11, "image_id": 1, "bbox": [1, 1, 5, 5]}, "annotation id 11 has category_id None"),
+        ([1, 1, 5, 5], r"annotations\[1\] is a list, not a json object"),
     ],
 )
 def test_malformed_annotations_name_the_id(tmp_path, annotation, message):
+    """The list-wide checks find the problem, the per-annotation check names it (after a good annotation)."""
     with pytest.raises(ValueError, match=message):
-        load_coco_folder(tmp_path, _write_folder(tmp_path, [annotation]))
+        load_coco_folder(tmp_path, _write_folder(tmp_path, [_ann(1, 2, [1, 1, 5, 5]), annotation]))
+
+
+def test_annotations_grouped_by_image_in_json_order_and_nan_literals_read(tmp_path):
+    anns = [_ann(5, 2, [1, 1, 5, 5]), _ann(3, 1, [2, 2, 5, 5]), _ann(9, 2, [3, 3, 5, 5]), _ann(1, 1, [4, 4, 5, 5])]
+    path = _write_folder(tmp_path, anns)
+    path.write_text(path.read_text().replace('"area": 11.0}', '"area": NaN}', 1))  # json.dumps writes NaN so
+    folder = CocoFolder(tmp_path, path)
+    assert [folder.objects(row)["id"] for row in range(3)] == [[3, 1], [5, 9], []]
+    assert np.isnan(folder.objects(1)["area"][0]) and folder.coco["annotations"][1]["id"] == 3
+
+
+def test_repeated_image_ids_are_named(tmp_path):
+    path = _write_folder(tmp_path, [], extra_images=[(2, "again.png", None)])
+    with pytest.raises(ValueError, match=r"repeated image ids, e.g. \[2\]"):
+        CocoFolder(tmp_path, path)
 
 
 def test_duplicate_category_names_rejected(tmp_path):

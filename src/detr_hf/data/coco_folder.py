@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import datasets
 
+from detr_hf.data.coco_json import CocoIndex, read_coco_json
 from detr_hf.data.schema import detection_features
 from detr_hf.image_inputs import open_image
 
@@ -20,36 +20,6 @@ __all__ = ["CocoFolder", "coco_category_ids", "load_coco_folder"]
 logger = logging.getLogger(__name__)
 
 _MAPPING_KEY = "coco_category_ids"
-
-
-def _category_table(categories: list[dict], annotation_file: str) -> tuple[list[int], list[str]]:
-    """COCO ids (any order, gaps allowed) in ascending order, and their names: label i is category_ids[i]."""
-    by_id: dict[int, str] = {}
-    for k, cat in enumerate(categories):
-        if "id" not in cat or "name" not in cat:
-            raise ValueError(f"{annotation_file}: categories[{k}] lacks 'id' or 'name'")
-        if int(cat["id"]) in by_id:
-            raise ValueError(f"{annotation_file}: category id {cat['id']} appears twice")
-        by_id[int(cat["id"])] = str(cat["name"])
-    names = [by_id[i] for i in sorted(by_id)]
-    if len(set(names)) != len(names):
-        duplicated = sorted({n for n in names if names.count(n) > 1})
-        raise ValueError(f"{annotation_file}: category names must be unique, repeated: {duplicated}")
-    return sorted(by_id), names
-
-
-def _check_annotation(ann: Any, k: int, labels: dict[int, int], images: dict, annotation_file: Path) -> None:
-    ann_id = ann.get("id", f"#{k}")
-    if ann.get("category_id") not in labels:
-        raise ValueError(
-            f"{annotation_file}: annotation id {ann_id} has category_id {ann.get('category_id')!r}, "
-            f"not among the categories {sorted(labels)}"
-        )
-    if ann.get("image_id") not in images:
-        raise ValueError(f"{annotation_file}: annotation id {ann_id} names unknown image_id {ann.get('image_id')!r}")
-    bbox = ann.get("bbox")
-    if not isinstance(bbox, list) or len(bbox) != 4 or not all(isinstance(v, int | float) for v in bbox):
-        raise ValueError(f"{annotation_file}: annotation id {ann_id} has bbox {bbox!r}, expected [x, y, w, h]")
 
 
 class CocoFolder:
@@ -69,28 +39,11 @@ class CocoFolder:
 
     def __init__(self, image_dir: str | os.PathLike, annotation_file: str | os.PathLike) -> None:
         self.image_dir, self.annotation_file = Path(image_dir), Path(annotation_file)
-        with open(self.annotation_file) as f:
-            coco = json.load(f)
-        if not isinstance(coco, dict):
-            raise ValueError(f"{self.annotation_file}: expected a COCO json object, got {type(coco).__name__}")
-        for key in ("images", "annotations", "categories"):
-            if not isinstance(coco.get(key), list):
-                raise ValueError(f"{self.annotation_file}: missing or invalid top-level list {key!r}")
-        self.coco = coco
-        self.category_ids, self.class_names = _category_table(coco["categories"], str(self.annotation_file))
-        self._label_of = {coco_id: label for label, coco_id in enumerate(self.category_ids)}
-        self._images = coco["images"]
-        by_id = {}
-        for k, img in enumerate(self._images):
-            if "id" not in img or "file_name" not in img:
-                raise ValueError(f"{self.annotation_file}: images[{k}] lacks 'id' or 'file_name'")
-            by_id[img["id"]] = img
-        if len(by_id) != len(self._images):
-            raise ValueError(f"{self.annotation_file}: repeated image ids")
-        self._annotations: dict[Any, list[dict]] = defaultdict(list)
-        for k, ann in enumerate(coco["annotations"]):
-            _check_annotation(ann, k, self._label_of, by_id, self.annotation_file)
-            self._annotations[ann["image_id"]].append(ann)
+        self.coco = read_coco_json(self.annotation_file)
+        self._index = CocoIndex(self.coco, self.annotation_file)
+        self.category_ids, self.class_names = self._index.category_ids, self._index.class_names
+        self._label_of = self._index.label_of
+        self._images = self.coco["images"]
         self.column_names = ["image", "image_id", "width", "height", "objects"]
         self.features = detection_features(self.class_names, with_crowd=True)
 
@@ -105,7 +58,7 @@ class CocoFolder:
 
     def objects(self, index: int) -> dict[str, list]:
         """Row `index`'s objects (no image opened)."""
-        anns = self._annotations.get(self._images[index]["id"], [])
+        anns = self._index.annotations_of(index)
         return {
             "id": [int(a.get("id", -1)) for a in anns],
             "area": [float(a["area"]) if a.get("area") is not None else a["bbox"][2] * a["bbox"][3] for a in anns],
