@@ -2,6 +2,7 @@
 
 python benchmarks/run.py            # full run, writes benchmarks/results/latest.{json,md}
 python benchmarks/run.py --quick    # smoke run with fewer repeats
+python benchmarks/run.py --only precision   # the optional bf16 / torch.compile suite (bench_precision.py)
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ sys.path.insert(0, str(HERE))
 
 import bench_loss  # noqa: E402
 import bench_model  # noqa: E402
+import bench_precision  # noqa: E402
 import bench_processor  # noqa: E402
 from common import machine_facts  # noqa: E402
 
-SUITES = {"model": bench_model.run, "processor": bench_processor.run, "loss": bench_loss.run}
+SUITES = {"model": bench_model.run, "processor": bench_processor.run, "loss": bench_loss.run, "precision": bench_precision.run}
+# Run only when asked for (--only): the full table and figures of these come from their own script.
+OPTIONAL_SUITES = {"precision"}
 # Goals of issue 7: ratio detr_hf ÷ transformers, same run, same machine.
 GOALS = {"inference": 0.70, "training": 0.80, "rss": 0.90, "processor": 0.40, "loss_b64": 0.15}
 
@@ -119,7 +123,7 @@ def main() -> None:
     args = parser.parse_args()
     report: dict = {"machine": machine_facts(), "quick": args.quick, "results": {}, "errors": {}}
     start = time.perf_counter()
-    for name in args.only or list(SUITES):
+    for name in args.only or [suite for suite in SUITES if suite not in OPTIONAL_SUITES]:
         print(f"== {name}", file=sys.stderr, flush=True)
         try:
             report["results"][name] = SUITES[name](args.quick)
