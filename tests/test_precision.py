@@ -18,7 +18,7 @@ from detr_hf.image_processing_detr_hf import DetrHfImageProcessor
 from detr_hf.matcher import HungarianMatcher
 from detr_hf.targets import pack_targets
 from detr_hf.training.precision import accelerator_options, check_precision, trainer_options
-from helpers import frozen_timm_body, randomize_norms, realistic_detection_batch, tiny_config
+from helpers import frozen_timm_body, padded_batch, randomize_norms, realistic_detection_batch, tiny_config
 from script_helpers import TINY_MODEL_ARGS, load_script
 
 # bf16 keeps 8 bits of mantissa: the stated tolerance of bf16 inference against float32 on the tiny model.
@@ -191,6 +191,19 @@ def test_training_step_under_bf16_autocast_has_float32_weights_loss_and_gradient
     out.loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
+
+def test_a_bf16_model_trains_with_query_groups_and_denoising_queries():
+    torch.manual_seed(0)
+    config = tiny_config(num_query_groups=2, num_denoising_groups=2)
+    model = DetrHfForObjectDetection(config).to(torch.bfloat16)
+    _, _, labels = _realistic_predictions(torch.float32, batch=2, classes=3)
+    out = model.train()(*padded_batch(), labels=labels)  # float32 pixels, float32 box encodings of the labels
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    assert any(name.endswith("_dn") for name in out.loss_dict)
+    out.loss.backward()
+    grad = model.model.training_queries.denoising_box_projection[0].weight.grad
+    assert grad.dtype == torch.bfloat16 and torch.isfinite(grad).all()
 
 
 def test_bf16_on_a_cpu_without_bf16_instructions_warns_and_works(monkeypatch, caplog, config):
