@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -167,9 +168,10 @@ def _load_bf16(kind: str, folder: Path) -> torch.nn.Module:
     return DetrHfForObjectDetection.from_pretrained(folder, dtype=torch.bfloat16)
 
 
-def bench_ap(model_dir: Path) -> dict:
+def bench_ap(model_dir: Path, train_flags: str = "") -> dict:
     """COCO AP of a model trained by the demo recipe on its synthetic validation split (built as examples/train.py
-    builds it), with detr_hf's evaluation loop: fp32, bf16 autocast and bf16 weights."""
+    builds it, plus `train_flags` the run was given, e.g. '--synthetic_train_size 64'), with detr_hf's evaluation
+    loop: fp32, bf16 autocast and bf16 weights."""
     from torch.utils.data import DataLoader
 
     from detr_hf import DetrHfForObjectDetection
@@ -178,7 +180,8 @@ def bench_ap(model_dir: Path) -> dict:
     from detr_hf.image_processing_detr_hf import DetrHfImageProcessor
     from detr_hf.training.cli import build_datasets, make_parser, parse_and_resolve
 
-    args = parse_and_resolve(make_parser(None, output_dir=str(model_dir), report_to="none"), ["--recipe", "demo"])
+    parser = make_parser(None, output_dir=str(model_dir), report_to="none")
+    args = parse_and_resolve(parser, ["--recipe", "demo", *shlex.split(train_flags)])
     _, val_set, _ = build_datasets(args, args.seed)
     processor = DetrHfImageProcessor.from_pretrained(model_dir)
     loader = DataLoader(val_set, batch_size=8, shuffle=False, collate_fn=DetectionCollator(processor))
@@ -288,6 +291,9 @@ def main() -> None:
     parser.add_argument("--no_compile", action="store_true", help="skip the torch.compile candidates")
     parser.add_argument("--no_speed", action="store_true", help="skip the speed benchmarks")
     parser.add_argument("--model_dir", type=Path, default=None, help="a demo-recipe model: AP fp32 vs bf16")
+    parser.add_argument(
+        "--train_flags", default="", help="data flags --model_dir was trained with (they define its validation split)"
+    )
     parser.add_argument("--loss_curve_steps", type=int, default=0, help="demo-recipe steps of the loss curves (0 = off)")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for precision.{json,md,_loss_curve.png}")
     args = parser.parse_args()
@@ -298,7 +304,7 @@ def main() -> None:
     if not args.no_speed:
         report["speed"] = bench_speed(args.quick, not args.no_compile)
     if args.model_dir is not None:
-        report["ap"] = bench_ap(args.model_dir)
+        report["ap"] = bench_ap(args.model_dir, args.train_flags)
     if args.loss_curve_steps:
         report["loss_curve"] = bench_loss_curve(args.loss_curve_steps, args.out, args.quick)
     args.out.mkdir(parents=True, exist_ok=True)
