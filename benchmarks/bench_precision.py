@@ -63,7 +63,7 @@ def _training_fn(model, pixels, mask, labels, bf16_autocast: bool):
             model.zero_grad(set_to_none=True)
             loss = model(pixel_values=pixels, pixel_mask=mask, labels=labels).loss
         loss.backward()
-        return float(loss)
+        return float(loss.detach())
 
     return run
 
@@ -272,7 +272,7 @@ def markdown(report: dict) -> str:
     curve = report.get("loss_curve")
     if curve:
         lines += ["", f"Loss curves: fp32 AP {curve['fp32']['AP']:.4f}, bf16 autocast AP {curve['bf16-autocast']['AP']:.4f}, "
-                  f"largest relative loss gap at a logged step {curve['max_relative_loss_gap']:.3f} (precision_loss_curve.png)."]  # fmt: skip
+                  f"largest relative loss gap at a logged step {curve['max_relative_loss_gap']:.4f} (precision_loss_curve.png)."]  # fmt: skip
     m = report["machine"]
     lines += ["", f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, torch threads {m['torch_threads']}, bf16 "
               f"instructions: {report['cpu_has_fast_bf16']}, load average at start {m.get('load_average_1min_at_start', '?')}; "
