@@ -9,7 +9,8 @@ Data: the built-in synthetic shapes (default), `--dataset_name` (HF datasets nam
 `--coco_dir` (+ `--train_annotations`, `--val_annotations`). Model: `--model_name_or_path` (a detr_hf folder
 or Hub id; a new label set gets new heads) or a fresh model (`--backbone` any timm name,
 `--pretrained_backbone` / `--backbone_weights FILE`, size options). Multi-process on CPU:
-`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 examples/train.py ...`.
+`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 examples/train.py ...`. Precision:
+`--mixed_precision bf16` (CPU with bf16 instructions, recent GPUs) or `fp16` (GPU), `--torch_compile`.
 
 Outputs in --output_dir: the final model + processor (`save_pretrained`), `eval_results.json` (COCO AP/AR of the
 last evaluation), `train_results.json`, `loss_history.json`, tensorboard logs in `logs/`, and checkpoints:
@@ -56,6 +57,7 @@ from detr_hf.training import (
     save_checkpoint_atomically,
 )
 from detr_hf.training.cli import build_datasets, build_model, build_processor, make_parser, parse_and_resolve
+from detr_hf.training.precision import accelerator_options, check_precision
 from detr_hf.training.progress import TrainProgress
 from detr_hf.training.publish import hub_dataset_id, push_trained_model
 from detr_hf.training.recipes import lr_drop_step_for
@@ -72,7 +74,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also stop training after this wall time (then evaluate and save); makes the step count machine-dependent",
     )  # fmt: skip
     opt.add_argument("--max_consecutive_nonfinite", type=int, default=10)
-    opt.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None)
     opt.add_argument("--torch_threads", type=int, default=None, help="torch.set_num_threads (1 helps on busy machines)")
     opt.add_argument("--checkpointing_steps", default="epoch", help="an integer N (every N steps), 'epoch' or 'no'")
     opt.add_argument("--checkpoints_total_limit", type=int, default=2)
@@ -110,11 +111,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     report_to = None if args.report_to == "none" else args.report_to
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
         log_with=report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=False),
+        **accelerator_options(args),  # --mixed_precision, --torch_compile
     )
+    check_precision(accelerator.mixed_precision, accelerator.device)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if not accelerator.is_main_process:
         logging.getLogger().setLevel(logging.WARNING)

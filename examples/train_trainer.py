@@ -2,6 +2,7 @@
 
     python examples/train_trainer.py --output_dir outputs/trainer --num_train_epochs 10
     python examples/train_trainer.py --use_cpu --max_train_steps 50        # force CPU
+    python examples/train_trainer.py --mixed_precision bf16 --torch_compile  # bf16 autocast, compiled model
 
 Recipes, flags and their values are shared with examples/train.py (`--recipe`, `--max_train_steps`,
 `--lr_scheduler`, `--resume_from_checkpoint latest`, `--push_to_hub`, ...); `training_config.json` records
@@ -28,6 +29,7 @@ from detr_hf.data import DetectionCollator
 from detr_hf.evaluation import CocoTrainerMetrics, write_evaluation_files
 from detr_hf.training import build_lr_lambda, build_param_groups
 from detr_hf.training.cli import build_datasets, build_model, build_processor, make_parser, parse_and_resolve
+from detr_hf.training.precision import check_precision, trainer_options
 from detr_hf.training.publish import hub_dataset_id, push_trained_model
 from detr_hf.training.recipes import lr_drop_step_for
 from detr_hf.training.run_config import format_settings, plan_steps, run_settings, write_settings
@@ -101,7 +103,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         per_device_eval_batch_size=args.per_device_eval_batch_size,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         seed=args.seed,
-        use_cpu=args.use_cpu,
         logging_steps=args.logging_steps,
         save_strategy=args.save_strategy,
         save_steps=args.save_steps,
@@ -110,7 +111,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         eval_steps=args.eval_steps,
         report_to=args.report_to,
         dataloader_num_workers=args.dataloader_num_workers,
+        **trainer_options(args),  # --mixed_precision -> bf16 / fp16, --torch_compile, --use_cpu
     )
+    check_precision(training_args.mixed_precision, training_args.device)
     # The Trainer keeps the last partial batch: its dataloader_drop_last would also drop evaluation images.
     global_batch = args.per_device_train_batch_size * training_args.world_size
     steps_per_epoch, max_steps, num_epochs = plan_steps(

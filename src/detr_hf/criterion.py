@@ -13,6 +13,7 @@ from torch import nn
 
 from .box_ops import box_convert, generalized_box_iou
 from .matcher import HungarianMatcher
+from .precision import float32_loss
 from .targets import (
     NonFinitePredictionError,
     PackedTargets,
@@ -138,6 +139,9 @@ class DetrHfLoss(nn.Module):
     `logging_metrics`; `layer_losses` gathers the terms and `term_weights` weighs them, so another term
     (e.g. a mask loss) is one more entry in both. `stacked` is the one entry point on predictions stacked
     [L, B, Q, ...]; `forward` takes them per layer as the model's public output holds them.
+
+    Matching and loss are float32 whatever precision the model ran in: bf16/fp16 predictions are upcast at
+    `stacked` and autocast is off inside (see precision.py).
     """
 
     # DetrHfConfig fields `from_config` reads: a model rebuilds its criterion when one of them changes.
@@ -218,6 +222,7 @@ class DetrHfLoss(nn.Module):
         )
         return self.stacked(all_logits, all_boxes, labels)
 
+    @float32_loss
     def stacked(
         self,
         logits: torch.Tensor,

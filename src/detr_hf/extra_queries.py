@@ -214,5 +214,7 @@ class ExtraQueries(nn.Module):
         )
         noisy_boxes = noise_boxes(layout.denoising_boxes[:, None].expand(-1, groups, -1, -1), self.box_noise_scale)
         content = self.denoising_label_embeddings(noisy_classes).flatten(1, 2)
-        position = self.denoising_box_projection(self.box_encoding.encode_coordinates(noisy_boxes))
+        # The sine features are float32; a bf16 model projects them in bf16.
+        encoded = self.box_encoding.encode_coordinates(noisy_boxes).to(self.denoising_box_projection[0].weight.dtype)
+        position = self.denoising_box_projection(encoded)
         return content, position.flatten(1, 2)

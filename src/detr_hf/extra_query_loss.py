@@ -8,6 +8,7 @@ import torch
 
 from .criterion import DetrHfLoss, global_normalizers, matched_box_losses, weighted_cross_entropy
 from .extra_queries import ExtraQueryLayout
+from .precision import float32_loss
 from .targets import PackedTargets, layer_suffixes, pack_targets
 
 __all__ = ["denoising_loss", "extra_query_loss", "group_matching_loss"]
@@ -33,6 +34,7 @@ def group_matching_loss(
     return criterion.stacked(folded_logits, folded_boxes, targets.tile(num_groups))
 
 
+@float32_loss
 def denoising_loss(
     criterion: DetrHfLoss, logits: torch.Tensor, boxes: torch.Tensor, layout: ExtraQueryLayout
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -71,6 +73,7 @@ def denoising_loss(
     return criterion.weighted_sum(terms), loss_dict
 
 
+@float32_loss
 def extra_query_loss(
     criterion: DetrHfLoss,
     logits: torch.Tensor,

@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from .precision import float32_loss
+
 __all__ = ["MaskLoss", "check_mask_targets", "dice_loss", "sigmoid_focal_loss"]
 
 
@@ -65,7 +67,8 @@ class MaskLoss(nn.Module):
     """Focal (`loss_mask`) and dice (`loss_dice`) losses of the matched masks, each summed over the matched pairs
     and divided by `num_boxes`; masks are only supervised for the last decoder layer, as the original DETR.
 
-    Predicted mask logits are upsampled (bilinear, align_corners=False) to the padded target size first.
+    Predicted mask logits are upsampled (bilinear, align_corners=False) to the padded target size first; bf16/fp16
+    mask logits are upcast to float32 and the loss runs with autocast off.
 
     Args:
         mask_loss_coefficient: weight of the focal loss in the total.
@@ -89,6 +92,7 @@ class MaskLoss(nn.Module):
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
 
+    @float32_loss
     def forward(
         self,
         pred_masks: torch.Tensor,

@@ -12,6 +12,7 @@ from torch import nn
 
 from .box_ops import box_convert, generalized_box_iou
 from .deprecation import moved_names
+from .precision import float32_loss
 
 # Private aliases: the public names below resolve through the deprecation shim, with a warning.
 from .targets import check_prediction_shapes as _check_prediction_shapes
@@ -55,6 +56,7 @@ class HungarianMatcher(nn.Module):
         self.bbox_cost = bbox_cost
         self.giou_cost = giou_cost
 
+    @float32_loss
     @torch.no_grad()
     def forward(
         self, logits: torch.Tensor, pred_boxes: torch.Tensor, labels: Sequence[Mapping[str, torch.Tensor]]
@@ -74,6 +76,7 @@ class HungarianMatcher(nn.Module):
         queries = torch.from_numpy(query_idx[0]).split(sizes)
         return list(zip(queries, torch.from_numpy(target_idx[0]).split(sizes)))
 
+    @float32_loss
     @torch.no_grad()
     def cost_blocks(
         self,

@@ -19,6 +19,7 @@ from .hub_io import load_pretrained, push_to_hub, save_pretrained
 from .model_inputs import check_model_inputs, reject_unknown_kwargs
 from .modeling_outputs import DetrHfModelOutput, DetrHfObjectDetectionOutput
 from .position_encoding import LearnedPositionEncoding, build_position_encoding
+from .precision import warn_if_slow_bf16
 from .targets import PackedTargets, pack_targets_or_keep
 from .transformer import DetrHfDecoder, DetrHfEncoder, TransformerLinear
 
@@ -170,6 +171,10 @@ class DetrHfModel(DetrHfPreTrainedModel):
             )
             output_attentions = False
         pixel_mask = check_model_inputs(pixel_values, pixel_mask, num_channels=self.config.num_channels)
+        # A bf16 model (from_pretrained(..., dtype=torch.bfloat16)) takes the processor's float32 pixels as they are.
+        weight_dtype = self.input_projection.weight.dtype
+        pixel_values = pixel_values.to(weight_dtype)
+        warn_if_slow_bf16(pixel_values.device, weight_dtype)
 
         features, mask = self.backbone(pixel_values, pixel_mask)
         pos = self.position_encoding(mask, features.dtype)

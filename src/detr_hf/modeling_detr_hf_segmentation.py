@@ -144,7 +144,7 @@ class DetrHfForSegmentation(DetrHfForObjectDetection):
         except (TypeError, ValueError) as exc:
             error = exc
         count = sum(int(target["class_labels"].shape[0]) for target in labels)
-        num_boxes = global_normalizers(count, 1.0, logits.device, error)[0].to(pred_masks.dtype)
+        num_boxes = global_normalizers(count, 1.0, logits.device, error)[0]  # float32, as the mask loss
         indices = self.build_criterion().matcher(logits.detach(), pred_boxes.detach(), labels)
         return self.build_mask_loss()(pred_masks, labels, indices, num_boxes)
 
