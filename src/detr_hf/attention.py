@@ -59,9 +59,10 @@ def sdpa_attention(
     detr_hf's own rather than transformers' registered "sdpa": that one bakes the query length into a reshape,
     which breaks ONNX export with dynamic image sizes.
     """
-    if dropout > 0 and torch.is_grad_enabled() and not is_tracing():
-        # Training with attention dropout: CPU sdpa takes its math path and keeps scores, mask and dropped
-        # probabilities as floats; the lean function keeps the probabilities and a bool mask only.
+    if dropout > 0 and query.device.type == "cpu" and torch.is_grad_enabled() and not is_tracing():
+        # Training with attention dropout on CPU: sdpa takes its math path and keeps scores, mask and dropped
+        # probabilities as floats; the lean function keeps the probabilities and a bool mask only. (GPUs keep
+        # sdpa: its fused kernels draw the dropout inside and keep far less.)
         out = _LeanDropoutAttention.apply(query, key, value, attention_mask, scaling, dropout)
         return out.transpose(1, 2), None
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling)
