@@ -142,3 +142,29 @@ def test_inference_cache_of_folded_weights_follows_every_change():
     # Autograd on: no cache, gradients reach the conv weight.
     folded(x)[-1].sum().backward()
     assert conv.weight.grad is not None
+
+
+def _saved_activation_bytes(body: torch.nn.Module, x: torch.Tensor) -> int:
+    """Bytes autograd keeps for the backward of `body(x)`, parameters and buffers excluded (storages counted once)."""
+    own = {t.untyped_storage().data_ptr() for t in (*body.parameters(), *body.buffers())}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in own:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        body(x)
+    return sum(saved.values())
+
+
+def test_training_keeps_no_scaled_weight_copy_for_the_backward():
+    """conv → frozen BN keeps the conv inputs for the backward; the folded body keeps no more (the scaled
+    weights it convolves with are rebuilt in the backward, not kept per conv)."""
+    reference = frozen_timm_body("test_resnet")
+    folded = copy.deepcopy(reference)
+    fold_frozen_batch_norm(folded)
+    x = torch.randn(1, 3, 64, 96, requires_grad=True)
+    assert _saved_activation_bytes(folded, x) <= _saved_activation_bytes(reference, x)

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from detr_hf import DetrHfForObjectDetection
+from detr_hf.attention import eager_attention, sdpa_attention
 from detr_hf.backbone import DetrHfBackbone
 from detr_hf.frozen_bn_folding import ConvFrozenBatchNorm2d, unfold_frozen_batch_norm
-from detr_hf.transformer import DecoderLayer, MultiHeadAttention
+from detr_hf.transformer import DecoderLayer, FeedForward, MultiHeadAttention
 from helpers import assert_close_scaled, frozen_timm_body, padded_batch, randomize_norms, tiny_config
 
 TOL = dict(atol=1e-4, rtol=1e-4)
@@ -140,3 +141,38 @@ def test_cheap_finite_check_still_names_bad_images_and_accepts_huge_finite_value
     bad[2, 0, 5, 5] = float("nan")
     with pytest.raises(ValueError, match=r"NaN or inf in image\(s\) \[2\]"):
         model(bad, mask)
+
+
+def test_lean_dropout_attention_equals_eager_attention_with_the_same_seed():
+    """Training with attention dropout: the lean sdpa path (bool mask kept, dropped probabilities rebuilt in the
+    backward) draws the mask as eager's F.dropout does, so values and q/k/v gradients agree."""
+    gen = torch.Generator().manual_seed(0)
+    # [B, H, Lq, Lk]: 2 images, 4 heads, 30 queries over 50 keys, some keys padding
+    q, k, v = (torch.randn(2, 4, n, 8, generator=gen, requires_grad=True) for n in (30, 50, 50))
+    key_mask = torch.rand(2, 1, 1, 50, generator=gen) > 0.3
+    grad = torch.randn(2, 30, 4, 8, generator=gen)
+    results = []
+    for attend in (sdpa_attention, eager_attention):
+        torch.manual_seed(1)
+        out, _ = attend(None, q, k, v, key_mask, 8**-0.5, dropout=0.2)
+        results.append((out, *torch.autograd.grad(out, (q, k, v), grad)))
+    for name, lean, plain in zip(("output", "query", "key", "value"), *results):
+        assert_close_scaled(lean, plain, name)
+    undropped, _ = sdpa_attention(None, q, k, v, key_mask, 8**-0.5, dropout=0.0)
+    assert not torch.allclose(results[0][0], undropped)  # dropout did drop something
+
+
+def test_lean_relu_dropout_ffn_equals_plain_relu_then_dropout():
+    """FFN in training keeps only dropout(relu(fc1 x)) for the backward; same seed, same values and gradients as
+    relu → nn.Dropout."""
+    ffn = FeedForward(d_model=16, ffn_dim=64, activation="relu", dropout=0.3).train()
+    x = torch.randn(2, 40, 16, requires_grad=True)
+    grad = torch.randn(2, 40, 16)
+    results = []
+    for lean in (True, False):
+        ffn.activation_name = "relu" if lean else "relu (plain path)"
+        torch.manual_seed(2)
+        out = ffn(x)
+        results.append((out, *torch.autograd.grad(out, (x, ffn.fc1.weight, ffn.fc2.weight), grad)))
+    for name, lean, plain in zip(("output", "input", "fc1", "fc2"), *results):
+        assert_close_scaled(lean, plain, name)

@@ -7,6 +7,8 @@ from torch import nn
 from torch.nn import functional as F
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from .tracing import is_tracing
+
 # The implementation whose attention weights are real probabilities and returned for `output_attentions`.
 EAGER = "eager"
 # transformers' flex_attention adds the mask to every score: it takes an additive float mask [B, 1, Lq, Lk].
@@ -57,8 +59,53 @@ def sdpa_attention(
     detr_hf's own rather than transformers' registered "sdpa": that one bakes the query length into a reshape,
     which breaks ONNX export with dynamic image sizes.
     """
+    if dropout > 0 and query.device.type == "cpu" and torch.is_grad_enabled() and not is_tracing():
+        # Training with attention dropout on CPU: sdpa takes its math path and keeps scores, mask and dropped
+        # probabilities as floats; the lean function keeps the probabilities and a bool mask only. (GPUs keep
+        # sdpa: its fused kernels draw the dropout inside and keep far less.)
+        out = _LeanDropoutAttention.apply(query, key, value, attention_mask, scaling, dropout)
+        return out.transpose(1, 2), None
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling)
     return out.transpose(1, 2), None
+
+
+class _LeanDropoutAttention(torch.autograd.Function):
+    """softmax(q kᵀ · scaling, masked) → dropout → · v, keeping q, k, v, the probabilities and a bool dropout
+    mask for the backward (the dropped probabilities are rebuilt there). The mask is drawn as `F.dropout` draws
+    it on CPU, so a seeded run equals `eager_attention` exactly.
+
+    query [B, H, Lq, D], key/value [B, H, Lk, D], attention_mask bool or additive float broadcastable to
+    [B, H, Lq, Lk] or None → [B, H, Lq, D].
+    """
+
+    @staticmethod
+    def forward(ctx, query, key, value, attention_mask, scaling: float, p: float):
+        scores = torch.matmul(query, key.transpose(-1, -2)) * scaling  # [B, H, Lq, Lk]
+        if attention_mask is not None and attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, float("-inf"))
+        elif attention_mask is not None:
+            scores = scores + attention_mask
+        probs = scores.softmax(dim=-1)
+        del scores
+        keep = torch.empty_like(probs).bernoulli_(1 - p)
+        dropped = probs * keep.div_(1 - p)
+        ctx.save_for_backward(query, key, value, probs, keep.to(torch.bool))
+        ctx.scaling, ctx.keep_scale = scaling, 1 / (1 - p)
+        return torch.matmul(dropped, value)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        query, key, value, probs, keep = ctx.saved_tensors
+        keep_scale = ctx.keep_scale
+        dropped = probs * keep * keep_scale
+        grad_value = torch.matmul(dropped.transpose(-1, -2), grad_out)
+        del dropped
+        grad_probs = torch.matmul(grad_out, value.transpose(-1, -2)) * keep * keep_scale
+        # softmax backward: p · (g − Σ p g)
+        grad_scores = probs * (grad_probs - (grad_probs * probs).sum(-1, keepdim=True)) * ctx.scaling
+        grad_query = torch.matmul(grad_scores, key)
+        grad_key = torch.matmul(grad_scores.transpose(-1, -2), query)
+        return grad_query, grad_key, grad_value, None, None, None
 
 
 # The implementations detr_hf runs itself; any other name resolves through transformers' ALL_ATTENTION_FUNCTIONS.

@@ -21,20 +21,17 @@ class FoldedFrozenBatchNorm2d(FrozenBatchNorm2d):
 class ConvFrozenBatchNorm2d(nn.Conv2d):
     """Conv2d followed by a frozen BN computed as one conv: conv(x, W·s) + (b·s + β − μ·s), s = γ / √(σ² + ε).
 
-    With autograd on, the scaled weight is rebuilt every call (cheap next to the activations), so training
-    the conv behaves exactly as conv → BN. Without autograd (inference) it is cached, in the input's memory
-    format, and rebuilt whenever a weight or statistic changes (new tensor or in-place version bump), so
-    loading new weights or an optimiser step is always seen. The BN pass over the activation is gone.
+    With autograd on, the scaled weight is rebuilt every call (cheap next to the activations) and again in the
+    backward (`_FoldedConv`: it is not kept in memory), so training the conv behaves exactly as conv → BN.
+    Without autograd (inference) it is cached, in the input's memory format, and rebuilt whenever a weight or
+    statistic changes (new tensor or in-place version bump), so loading new weights or an optimiser step is
+    always seen. The BN pass over the activation is gone.
     """
 
     folded_norm: FoldedFrozenBatchNorm2d
 
     def _folded(self) -> tuple[torch.Tensor, torch.Tensor]:
-        norm = self.folded_norm
-        scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
-        shift = norm.bias - norm.running_mean * scale
-        if self.bias is not None:
-            shift = shift + self.bias * scale
+        scale, shift = self._scale_shift()
         return self.weight * scale[:, None, None, None], shift
 
     def _cached_folded(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,12 +51,59 @@ class ConvFrozenBatchNorm2d(nn.Conv2d):
             self.__dict__["_folded_cache"] = cache
         return cache[1], cache[2]
 
+    def _scale_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-output-channel s = γ / √(σ² + ε) and shift b·s + β − μ·s (the BN's affine after the conv)."""
+        norm = self.folded_norm
+        scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+        shift = norm.bias - norm.running_mean * scale
+        if self.bias is not None:
+            shift = shift + self.bias * scale
+        return scale, shift
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() or is_tracing():
+        if is_tracing() or (torch.is_grad_enabled() and not _lean_backward_applies(self)):
             weight, shift = self._folded()
+        elif torch.is_grad_enabled():
+            scale, shift = self._scale_shift()
+            return _FoldedConv.apply(x, self.weight, scale, shift, self)
         else:
             weight, shift = self._cached_folded(x)
         return self._conv_forward(x, weight, shift)
+
+
+def _lean_backward_applies(conv: nn.Conv2d) -> bool:
+    """`_FoldedConv` covers zero-padded convs with numeric padding (every timm ResNet conv)."""
+    return conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+
+
+class _FoldedConv(torch.autograd.Function):
+    """conv(x, W·s) + shift whose backward rebuilds W·s instead of keeping it: autograd would save the scaled
+    weight of every trainable conv (a second copy of the backbone's weights) until the backward.
+
+    x [B, C, H, W], weight [O, C/g, k, k], scale and shift [O] → [B, O, H', W']. Saved: x, weight, scale.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, scale, shift, conv):
+        folded = weight * scale[:, None, None, None]
+        ctx.save_for_backward(x, weight, scale)
+        ctx.conv = (conv.stride, conv.padding, conv.dilation, conv.groups)
+        return torch.nn.functional.conv2d(x, folded, shift, *ctx.conv)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, scale = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conv
+        needs_x, needs_weight, needs_scale, needs_shift = ctx.needs_input_grad[:4]
+        folded = weight * scale[:, None, None, None]
+        grad_x, grad_folded, _ = torch.ops.aten.convolution_backward(
+            grad_out, x, folded, None, stride, padding, dilation, False, [0, 0], groups,
+            [needs_x, needs_weight or needs_scale, False],
+        )  # fmt: skip
+        grad_weight = grad_folded * scale[:, None, None, None] if needs_weight else None
+        grad_scale = (grad_folded * weight).sum((1, 2, 3)) if needs_scale else None
+        grad_shift = grad_out.sum((0, 2, 3)) if needs_shift else None
+        return grad_x, grad_weight, grad_scale, grad_shift, None
 
 
 def _fold(conv: nn.Module, norm: nn.Module) -> bool:

@@ -11,6 +11,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from typing_extensions import Unpack  # typing.Unpack needs Python 3.11; torch depends on typing_extensions
 
 from .attention import MultiHeadAttention, TransformerLinear, attention_mask_for
+from .tracing import is_tracing
 
 __all__ = [
     "DecoderLayer",
@@ -32,10 +33,38 @@ class FeedForward(nn.Module):
         self.fc1 = TransformerLinear(d_model, ffn_dim)
         self.fc2 = TransformerLinear(ffn_dim, d_model)
         self.activation = ACT2FN[activation]
+        self.activation_name = activation
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.dropout(self.activation(self.fc1(x))))
+        hidden = self.fc1(x)
+        p = self.dropout.p
+        lean = self.activation_name == "relu" and 0 < p < 1 and self.training
+        if lean and torch.is_grad_enabled() and not is_tracing():
+            return self.fc2(_ReluDropout.apply(hidden, p))
+        return self.fc2(self.dropout(self.activation(hidden)))
+
+
+class _ReluDropout(torch.autograd.Function):
+    """dropout(relu(x)) keeping only its output for the backward: the output is > 0 exactly where both the
+    ReLU and the dropout mask pass the gradient, so neither the ReLU output nor the float dropout mask is kept
+    (fc2 keeps the output anyway). The mask is drawn as `nn.Dropout` draws it on CPU, so a seeded run matches.
+
+    x [..., F] → [..., F]; gradient grad · [out > 0] / (1 − p).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        keep = torch.empty_like(x).bernoulli_(1 - p).div_(1 - p)
+        out = torch.relu(x).mul_(keep)
+        ctx.keep_scale = 1 / (1 - p)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        (out,) = ctx.saved_tensors
+        return grad_out * (out > 0) * ctx.keep_scale, None
 
 
 class LayerArguments(TypedDict):
