@@ -17,6 +17,7 @@ from detr_hf import DetrHfForObjectDetection, DetrHfImageProcessor
 from helpers import padded_batch, randomize_norms, tiny_config
 
 CHILD = Path(__file__).with_name("remote_code_child.py")
+SEGMENTATION_CHILD = Path(__file__).with_name("segmentation_pipeline_child.py")
 PACKAGE_DIR = Path(detr_hf.__file__).parent
 
 
@@ -53,8 +54,11 @@ def reference_outputs(model, processor, inputs_file: Path) -> dict[str, torch.Te
     }
 
 
-def run_child(source: str, tmp_path: Path, inputs_file: Path, extra_env: dict[str, str]) -> tuple[dict, dict]:
-    """Load `source` in a fresh interpreter where detr_hf cannot be imported; return its outputs and classes."""
+def run_child(
+    source: str, tmp_path: Path, inputs_file: Path, extra_env: dict[str, str], child: Path = CHILD
+) -> tuple[dict, dict]:
+    """Run `child` on `source` in a fresh interpreter where detr_hf cannot be imported; return the tensors it
+    saved and the JSON of its last output line."""
     out_file = tmp_path / "child_outputs.pt"
     env = {
         **os.environ,
@@ -64,7 +68,7 @@ def run_child(source: str, tmp_path: Path, inputs_file: Path, extra_env: dict[st
         **extra_env,
     }
     result = subprocess.run(
-        [sys.executable, str(CHILD), source, str(inputs_file), str(out_file)],
+        [sys.executable, str(child), source, str(inputs_file), str(out_file)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, f"child failed:\n{result.stdout}\n{result.stderr[-4000:]}"

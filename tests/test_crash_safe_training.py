@@ -212,26 +212,35 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_identical(reference, tmp_pa
     _assert_same_result(tmp_path, reference)
 
 
-@pytest.mark.parametrize("stage", ["before_marker", "before_rename"])
-def test_kill_during_checkpoint_save_leaves_no_valid_looking_checkpoint(reference, tmp_path, stage):
-    hang_step = 5
-    flag = tmp_path / "hanging"
-    process = _start(tmp_path, HOOK_HANG_STAGE=stage, HOOK_HANG_STEP=str(hang_step), HOOK_FLAG=str(flag))
+def _kill_during_save(run_dir: Path, stage: str, hang_step: int, *extra: str) -> Path:
+    """Start a run that hangs at `stage` of the save of `hang_step`, SIGKILL it there, check the checkpoints
+    folder and return the abandoned partial save."""
+    flag = run_dir / f"hanging-{stage}"
+    hooks = {"HOOK_HANG_STAGE": stage, "HOOK_HANG_STEP": str(hang_step), "HOOK_FLAG": str(flag)}
+    process = _start(run_dir, *extra, **hooks)
     _wait_for(flag.exists, process, f"the save of step {hang_step}")
     _kill(process)
-    checkpoints = tmp_path / "checkpoints"
+    checkpoints = run_dir / "checkpoints"
     partial = checkpoints / f".tmp-step_{hang_step:08d}"
-    assert (partial / "model.safetensors").is_file()  # the save had really written weights
+    assert (partial / "model.safetensors").is_file(), stage  # the save had really written weights
     assert (partial / COMPLETE_MARKER).is_file() == (stage == "before_rename")
-    assert not (checkpoints / f"step_{hang_step:08d}").exists()
-    assert _latest_step(checkpoints) == hang_step - 1
+    assert not (checkpoints / f"step_{hang_step:08d}").exists(), stage
+    assert _latest_step(checkpoints) == hang_step - 1, stage
     # Every folder that looks like a checkpoint is one: complete marker and loadable weights.
     for folder in checkpoints.glob("step_*"):
         assert (folder / COMPLETE_MARKER).is_file(), folder
         load_file(folder / "model.safetensors")
+    return partial
 
+
+def test_kill_during_checkpoint_save_leaves_no_valid_looking_checkpoint(reference, tmp_path):
+    """Killed in the save of step 5 before its COMPLETE marker, resumed and killed in the save of step 8 after
+    the marker but before the rename, resumed to the end: the result of the uninterrupted run."""
+    first = _kill_during_save(tmp_path, "before_marker", 5)
+    second = _kill_during_save(tmp_path, "before_rename", 8, "--resume_from_checkpoint", "latest")
+    assert not first.exists()  # the abandoned save was cleaned up by the next one
     _run(tmp_path, "--resume_from_checkpoint", "latest")
-    assert not partial.exists()  # the abandoned save was cleaned up by the next one
+    assert not second.exists()
     _assert_same_result(tmp_path, reference)
 
 

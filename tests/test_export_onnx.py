@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import subprocess
-import sys
 
 import onnx  # the `export` extra, part of `dev`: a missing install fails here instead of skipping
 import onnxruntime
@@ -13,6 +13,7 @@ import torch
 
 from detr_hf import DetrHfForObjectDetection
 from detr_hf.export_onnx import example_inputs, export_onnx
+from detr_hf.export_onnx import main as export_main
 from helpers import tiny_config
 
 # Sizes unlike the export example (96×128 / 64×80, batch 2): other batch sizes, odd sizes, heavy padding,
@@ -25,9 +26,13 @@ CHECK_BATCHES = [
 ]
 
 
+# One encoder and one decoder layer: the export of a layer does not depend on how many follow it.
+EXPORT_LAYERS = {"encoder_layers": 1, "decoder_layers": 1}
+
+
 def _model(**overrides) -> DetrHfForObjectDetection:
     torch.manual_seed(0)
-    model = DetrHfForObjectDetection(tiny_config(**overrides)).eval()
+    model = DetrHfForObjectDetection(tiny_config(**EXPORT_LAYERS, **overrides)).eval()
     # Non-trivial BatchNorm statistics so a wrong mode or folding would show in the outputs.
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -59,19 +64,17 @@ def _assert_parity(model, onnx_path) -> None:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """The CLI run once on a saved folder: (model, onnx path, CLI stdout)."""
-    model = _model()
+    """The CLI (`python -m detr_hf.export_onnx`'s `main`, in this process) run once on a saved folder:
+    (model, onnx path, CLI stdout). The model has learned positions and pre-norm layers; sine positions and
+    post-norm layers are exported (dynamo) by the segmentation test and (torchscript) by the fallback test."""
+    model = _model(position_embedding_type="learned", pre_norm=True)
     folder = tmp_path_factory.mktemp("onnx")
     model.save_pretrained(folder / "saved")
     path = folder / "model.onnx"
-    result = subprocess.run(
-        [sys.executable, "-m", "detr_hf.export_onnx", str(folder / "saved"), str(path), "--verify"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return model, path, result.stdout
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        export_main([str(folder / "saved"), str(path), "--verify"])
+    return model, path, stdout.getvalue()
 
 
 def test_cli_uses_dynamo_and_verifies(exported):
@@ -134,13 +137,6 @@ def test_torchscript_fallback_exporter_matches_pytorch(tmp_path):
     _assert_parity(model, tmp_path / "ts.onnx")
 
 
-@pytest.mark.slow
-def test_learned_positions_and_pre_norm_export(tmp_path):
-    model = _model(position_embedding_type="learned", pre_norm=True)
-    export_onnx(model, tmp_path / "learned.onnx", exporter="dynamo")
-    _assert_parity(model, tmp_path / "learned.onnx")
-
-
 def test_unknown_exporter_is_refused(tmp_path):
     with pytest.raises(ValueError, match="exporter"):
         export_onnx(_model(), tmp_path / "x.onnx", exporter="tflite")
@@ -150,7 +146,8 @@ def test_segmentation_model_exports_pred_masks_with_dynamic_sizes(tmp_path):
     from detr_hf import DetrHfForSegmentation
 
     torch.manual_seed(0)
-    model = DetrHfForSegmentation(tiny_config(encoder_attention_heads=8, decoder_attention_heads=8)).eval()
+    config = tiny_config(encoder_attention_heads=8, decoder_attention_heads=8, **EXPORT_LAYERS)
+    model = DetrHfForSegmentation(config).eval()
     model.save_pretrained(tmp_path / "saved")
     path = tmp_path / "seg.onnx"
     assert export_onnx(tmp_path / "saved", path, exporter="dynamo") == "dynamo"  # the folder path: seg model read

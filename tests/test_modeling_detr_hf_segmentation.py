@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -154,45 +152,6 @@ def test_detection_checkpoint_loads_as_segmentation_with_one_log_line(tmp_path, 
     assert not [r for r in caplog.records if "mask head" in r.getMessage()]
     with torch.no_grad():
         torch.testing.assert_close(again(pixel_values, pixel_mask).pred_masks, model(pixel_values, pixel_mask).pred_masks)
-
-
-_REMOTE_CHILD = """
-import importlib.abc, sys, torch
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "detr_hf":
-            raise ModuleNotFoundError(name)
-sys.meta_path.insert(0, Block())
-from transformers import AutoModelForImageSegmentation
-model = AutoModelForImageSegmentation.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
-inputs = torch.load(sys.argv[2], weights_only=True)
-with torch.no_grad():
-    torch.save(model(**inputs).pred_masks, sys.argv[3])
-print(type(model).__name__)
-"""
-
-
-@pytest.mark.slow
-def test_saved_folder_has_auto_map_and_loads_as_remote_code(tmp_path):
-    torch.manual_seed(0)
-    model = DetrHfForSegmentation(seg_config()).eval()
-    randomize_feature_norms(model, 3)
-    model.save_pretrained(tmp_path / "model")
-    auto_map = json.loads((tmp_path / "model" / "config.json").read_text())["auto_map"]
-    assert auto_map["AutoModelForImageSegmentation"] == "modeling_detr_hf_segmentation.DetrHfForSegmentation"
-    for name in ("modeling_detr_hf_segmentation.py", "mask_head.py", "mask_loss.py", "backbone.py"):
-        assert (tmp_path / "model" / name).is_file(), name
-    pixel_values, pixel_mask = padded_batch()
-    torch.save({"pixel_values": pixel_values, "pixel_mask": pixel_mask}, tmp_path / "inputs.pt")
-    result = subprocess.run(
-        [sys.executable, "-c", _REMOTE_CHILD, str(tmp_path / "model"), str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
-        capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "PYTHONPATH": ""},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().endswith("DetrHfForSegmentation")
-    with torch.no_grad():
-        expected = model(pixel_values=pixel_values, pixel_mask=pixel_mask).pred_masks
-    torch.testing.assert_close(torch.load(tmp_path / "out.pt", weights_only=True), expected, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -35,8 +35,11 @@ __all__ = ["DetrHfImageProcessor", "resized_size"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Keys transformers' save/load machinery adds to the JSON; accepted and otherwise ignored (auto_map is kept).
-_SERVICE_KEYS = ("image_processor_type", "processor_class", "feature_extractor_type", "_processor_class")
+# Keys transformers' save/load machinery adds to the JSON, and model-loading options pipeline() passes on to the
+# processor too (code_revision, dtype); accepted and otherwise ignored (auto_map is kept).
+_SERVICE_KEYS = (
+    "image_processor_type", "processor_class", "feature_extractor_type", "_processor_class", "code_revision", "dtype",
+)  # fmt: skip
 
 
 class DetrHfImageProcessorKwargs(TypedDict, total=False):

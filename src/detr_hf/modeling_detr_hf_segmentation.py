@@ -77,10 +77,15 @@ class DetrHfForSegmentation(DetrHfForObjectDetection):
         """`DetrHfPreTrainedModel.from_pretrained`; a detection checkpoint (no mask head weights) loads too, its
         mask head initialised, with one log line saying so."""
         wants_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        with _HeldRecords(logging.getLogger("transformers.modeling_utils")) as held:
+            model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         missing = set(info.get("missing_keys", ()))
         head_missing = {key for key in missing if key.startswith(MASK_HEAD_PREFIXES)}
-        if head_missing and head_missing == missing:
+        problems = [info.get(name) for name in ("unexpected_keys", "mismatched_keys", "error_msgs")]
+        only_head_missing = bool(head_missing) and head_missing == missing and not any(problems)
+        # transformers' load report would list every tensor of the head: the one line below says it instead.
+        held.release(drop=(lambda record: "LOAD REPORT" in record.getMessage()) if only_head_missing else None)
+        if only_head_missing:
             source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
             logger.warning(
                 "%s holds no mask head weights (a detection checkpoint?): bbox_attention and mask_head "
@@ -147,6 +152,34 @@ class DetrHfForSegmentation(DetrHfForObjectDetection):
         num_boxes = global_normalizers(count, 1.0, logits.device, error)[0]  # float32, as the mask loss
         indices = self.build_criterion().matcher(logits.detach(), pred_boxes.detach(), labels)
         return self.build_mask_loss()(pred_masks, labels, indices, num_boxes)
+
+
+class _HeldRecords(logging.Filter):
+    """Within `with`, hold back the records of `logger`; `release` then passes them on, except those `drop` picks."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__()
+        self.logger = logger
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return False
+
+    def __enter__(self) -> _HeldRecords:
+        self.logger.addFilter(self)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.logger.removeFilter(self)
+        if exc_info[0] is not None:  # loading failed: show everything that was said
+            self.release()
+
+    def release(self, drop=None) -> None:
+        records, self.records = self.records, []
+        for record in records:
+            if drop is None or not drop(record):
+                self.logger.handle(record)
 
 
 # pipeline("image-segmentation") checks a model against transformers' own name table (see modeling_detr_hf.py).
