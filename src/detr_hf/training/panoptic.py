@@ -73,12 +73,22 @@ def build_panoptic_datasets(
 
 def freeze_detector(model: nn.Module, args: argparse.Namespace) -> None:
     """The paper's second stage: a segmentation model from a checkpoint trains only `bbox_attention` and
-    `mask_head` unless --train_detector (a fresh model trains everything)."""
+    `mask_head` unless --train_detector (a fresh model trains everything). The detector's parameters and
+    batch-norm statistics stay bit-identical."""
     if not args.model_name_or_path or args.train_detector:
         logger.info("panoptic: detector and mask head trained jointly")
         return
     for name, param in model.named_parameters():
         param.requires_grad_(name.startswith(MASK_HEAD_PREFIXES))
+    # Frozen means frozen statistics too: trainable batch norms of the detector normalise with their running
+    # statistics and never update them (set back to eval mode before every forward, after model.train()).
+    norms = [
+        module
+        for name, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not name.startswith(MASK_HEAD_PREFIXES)
+    ]
+    if norms:
+        model.register_forward_pre_hook(lambda module, inputs: [norm.eval() for norm in norms] and None)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info(
         "panoptic: detector frozen (the two-stage recipe); training bbox_attention + mask_head only (%d parameters); "
