@@ -87,8 +87,13 @@ def freeze_detector(model: nn.Module, args: argparse.Namespace) -> None:
         for name, module in model.named_modules()
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and not name.startswith(MASK_HEAD_PREFIXES)
     ]
+
+    def keep_statistics(module: nn.Module, inputs: Any) -> None:
+        for norm in norms:
+            norm.eval()
+
     if norms:
-        model.register_forward_pre_hook(lambda module, inputs: [norm.eval() for norm in norms] and None)
+        model.register_forward_pre_hook(keep_statistics)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info(
         "panoptic: detector frozen (the two-stage recipe); training bbox_attention + mask_head only (%d parameters); "
