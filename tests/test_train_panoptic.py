@@ -109,7 +109,9 @@ def test_bad_panoptic_files_name_the_image(panoptic_dir, tmp_path):
     record = train.records[1]
     (train.masks_dir / record["file_name"]).unlink()
     dataset = PanopticDataset(train, None)
-    with pytest.raises(FileNotFoundError, match=rf"image_id={record['image_id']}\).*{record['file_name']}' does not exist"):
+    with pytest.raises(
+        FileNotFoundError, match=rf"image_id={record['image_id']}\).*{record['file_name']}' does not exist"
+    ):
         dataset[1]
     record = train.records[0]
     ids = read_panoptic_png(train.masks_dir / record["file_name"], "test")
@@ -177,7 +179,11 @@ def test_both_scripts_train_panoptic_on_synthetic_and_coco_data(
     script, panoptic_dir, tmp_path, fresh_accelerate_state
 ):
     module = load_script(script)
-    quiet = RUN if script == "train" else [a for a in RUN if a != "--no_progress_bar"]
+    quiet = (
+        [*RUN, "--checkpointing_steps", "no"]
+        if script == "train"
+        else [a for a in RUN if a != "--no_progress_bar"] + ["--save_strategy", "no"]
+    )
     common = ["--task", "panoptic", *TINY_FRESH_MODEL, *quiet, "--max_train_steps", "2"]
     synthetic = tmp_path / "synthetic"
     module.main(

@@ -32,10 +32,15 @@ class DetectionCollator:
         out: dict[str, Any] = {
             "pixel_values": batch["pixel_values"],
             "pixel_mask": batch["pixel_mask"],
-            "labels": [pad_label_masks(dict(s["labels"]), batch["pixel_values"].shape[-2:]) for s in samples],
+            "labels": [self._padded(s["labels"], batch["pixel_values"].shape[-2:]) for s in samples],
         }
         if not self.model_inputs_only:
             out["orig_size"] = torch.tensor([list(s["orig_size"]) for s in samples], dtype=torch.int64)
             out["image_id"] = [int(s["image_id"]) for s in samples]
             out["index"] = [int(s["index"]) for s in samples]
         return out
+
+    @staticmethod
+    def _padded(labels: dict, padded_size: Any) -> dict:
+        """The label dict itself, or (with segment `masks`) a copy whose masks are padded to `padded_size`."""
+        return pad_label_masks(dict(labels), padded_size) if "masks" in labels else labels

@@ -132,7 +132,7 @@ RECIPES["panoptic-demo"] = {
     "synthetic_train_size": 2000,
     "synthetic_val_size": 100,
     "per_device_eval_batch_size": 25,
-    "max_train_steps": 1500,
+    "max_train_steps": 2000,
 }
 # Recipes that start from --model_name_or_path (architecture, processor and labels from the checkpoint).
 CHECKPOINT_RECIPES = ("finetune", "panoptic-finetune")
