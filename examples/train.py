@@ -11,6 +11,10 @@ or Hub id; a new label set gets new heads) or a fresh model (`--backbone` any ti
 `--pretrained_backbone` / `--backbone_weights FILE`, size options). Multi-process on CPU:
 `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 examples/train.py ...`.
 
+`--task panoptic` trains DetrHfForSegmentation (detr_hf/training/panoptic.py): COCO panoptic `--coco_dir` or the
+synthetic panoptic shapes; from a detection checkpoint the detector is frozen unless `--train_detector`;
+eval_results.json then holds PQ / SQ / RQ (all, _th, _st).
+
 Outputs in --output_dir: the final model + processor (`save_pretrained`), `eval_results.json` (COCO AP/AR of the
 last evaluation), `train_results.json`, `loss_history.json`, tensorboard logs in `logs/`, and checkpoints:
 

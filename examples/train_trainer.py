@@ -5,7 +5,7 @@
 
 Recipes, flags and their values are shared with examples/train.py (`--recipe`, `--max_train_steps`,
 `--lr_scheduler`, `--resume_from_checkpoint latest`, `--push_to_hub`, ...); `training_config.json` records
-the resolved settings.
+the resolved settings. `--task panoptic` as in examples/train.py (evaluation: eval_PQ, eval_SQ, ...).
 
 The Trainer needs `remove_unused_columns=False` (label dicts are not model columns), the processor-based
 collator, and `eval_do_concat_batches=False` so `compute_metrics` sees per-batch predictions for COCO mAP.
