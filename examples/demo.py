@@ -3,6 +3,7 @@
     python examples/demo.py                          # the demo recipe: 5,000 seeded steps (~8 minutes on 2 CPU cores)
     python examples/demo.py --max_train_steps 500    # a quick look (lower AP)
     python examples/demo.py --train_minutes 1        # also stop after 1 minute (machine-dependent result)
+    python examples/demo.py --task panoptic          # the segmentation demo (examples/demo_panoptic.py): PQ + PNG
 
 The demo trains a fixed number of optimiser steps (the `demo` recipe of detr_hf/training/recipes.py, seeded),
 so every machine reaches the same AP up to run-to-run nondeterminism; --train_minutes adds a wall-clock limit.
@@ -30,12 +31,15 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
-    parser.add_argument("--output_dir", default="outputs/demo")
+    parser.add_argument("--task", choices=("detection", "panoptic"), default="detection")
+    parser.add_argument("--output_dir", default=None, help="default: outputs/demo (panoptic: outputs/demo_panoptic)")
     parser.add_argument(
         "--train_minutes", type=float, default=None, help="optional wall-clock limit on training (default: none)"
     )  # fmt: skip
     parser.add_argument("--num_pictures", type=int, default=8, help="validation images drawn in the PNG")
-    parser.add_argument("--threshold", type=float, default=0.5, help="score threshold for the drawn boxes")
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="score threshold of the drawing (boxes 0.5, panoptic 0.85)"
+    )  # fmt: skip
     return parser.parse_known_args(argv)
 
 
@@ -62,7 +66,7 @@ def draw_grid(images: list, detections: list[list[dict]], path: Path) -> None:
     save_image(make_grid(tiles, nrow=4, padding=4), str(path))
 
 
-def plot_loss(history: list[list[float]], path: Path) -> None:
+def plot_loss(history: list[list[float]], path: Path, title: str = "detr_hf demo on synthetic shapes") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,7 +78,7 @@ def plot_loss(history: list[list[float]], path: Path) -> None:
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("training loss (all terms, aux included)")
     ax.set_yscale("log")
-    ax.set_title("detr_hf demo on synthetic shapes")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -82,9 +86,15 @@ def plot_loss(history: list[list[float]], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args, train_argv = parse_args(argv)
-    out = Path(args.output_dir)
-    started = time.monotonic()
     budget = [] if args.train_minutes is None else ["--time_budget_minutes", str(args.train_minutes)]
+    if args.task == "panoptic":
+        import demo_panoptic
+
+        threshold = 0.85 if args.threshold is None else args.threshold
+        output_dir = args.output_dir or "outputs/demo_panoptic"
+        return demo_panoptic.main(output_dir, args.num_pictures, threshold, [*budget, *train_argv])
+    out = Path(args.output_dir or "outputs/demo")
+    started = time.monotonic()
     train.main(["--recipe", "demo", "--output_dir", str(out), "--eval_every_epochs", "5", *budget, *train_argv])
     trained_seconds = time.monotonic() - started
 
@@ -100,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     # The validation split the training script evaluated (same seed and sizes as its defaults).
     val = load_synthetic_splits(4000, 250, image_size=64, seed=42)["validation"]
     images = [val[i]["image"] for i in range(args.num_pictures)]
-    detections = detector(images, threshold=args.threshold)
+    detections = detector(images, threshold=0.5 if args.threshold is None else args.threshold)
     draw_grid(images, detections, out / "demo_predictions.png")
     plot_loss(json.loads((out / "loss_history.json").read_text()), out / "loss_curve.png")
 

@@ -12,6 +12,10 @@ or Hub id; a new label set gets new heads) or a fresh model (`--backbone` any ti
 `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 examples/train.py ...`. Precision:
 `--mixed_precision bf16` (CPU with bf16 instructions, recent GPUs) or `fp16` (GPU), `--torch_compile`.
 
+`--task panoptic` trains DetrHfForSegmentation (detr_hf/training/panoptic.py): COCO panoptic `--coco_dir` or the
+synthetic panoptic shapes; from a detection checkpoint the detector is frozen unless `--train_detector`;
+eval_results.json then holds PQ / SQ / RQ (all, _th, _st).
+
 Outputs in --output_dir: the final model + processor (`save_pretrained`), `eval_results.json` (COCO AP/AR of the
 last evaluation), `train_results.json`, `loss_history.json`, tensorboard logs in `logs/`, and checkpoints:
 
@@ -47,6 +51,7 @@ from torch.utils.data import DataLoader
 
 from detr_hf.data import DetectionCollator, EpochSampler
 from detr_hf.evaluation import evaluate_coco, write_evaluation_files
+from detr_hf.evaluation.panoptic_loop import evaluate_panoptic
 from detr_hf.targets import NonFinitePredictionError
 from detr_hf.training import (
     TrainState,
@@ -57,6 +62,7 @@ from detr_hf.training import (
     save_checkpoint_atomically,
 )
 from detr_hf.training.cli import build_datasets, build_model, build_processor, make_parser, parse_and_resolve
+from detr_hf.training.panoptic import is_panoptic
 from detr_hf.training.precision import accelerator_options, check_precision
 from detr_hf.training.progress import TrainProgress
 from detr_hf.training.publish import hub_dataset_id, push_trained_model
@@ -318,7 +324,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         (output_dir / "eval_results.json").write_text(json.dumps(metrics, indent=2))
         (output_dir / "loss_history.json").write_text(json.dumps(state.loss_history))
         # Final validation detections in the COCO results format (+ the ground truth unless a COCO json is it).
-        write_evaluation_files(output_dir, final_predictions, val_set)
+        if not is_panoptic(args):
+            write_evaluation_files(output_dir, final_predictions, val_set)
         if args.push_to_hub:
             repo_id = push_trained_model(
                 model=unwrapped, processor=processor, repo_id=args.hub_model_id or output_dir.name,
@@ -331,12 +338,20 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 def _evaluate(model, val_loader, processor, accelerator, args, state, report_to, predictions_out=None) -> dict:
-    metrics = evaluate_coco(model, val_loader, processor, accelerator, predictions_out=predictions_out)
-    model.train()
-    logger.info(
-        "epoch %d step %d: AP %.4f AP50 %.4f AP75 %.4f (%d images)",
-        state.epoch, state.completed_steps, metrics["AP"], metrics["AP50"], metrics["AP75"], metrics["num_images"],
-    )  # fmt: skip
+    if is_panoptic(args):  # PQ / SQ / RQ (all, things, stuff) on the PNG ground truth
+        metrics = evaluate_panoptic(model, val_loader, val_loader.dataset, accelerator, threshold=args.panoptic_threshold)
+        model.train()
+        logger.info(
+            "epoch %d step %d: PQ %.4f SQ %.4f RQ %.4f PQ_th %.4f PQ_st %.4f (%d images)", state.epoch,
+            state.completed_steps, *(metrics[k] for k in ("PQ", "SQ", "RQ", "PQ_th", "PQ_st", "num_images")),
+        )  # fmt: skip
+    else:
+        metrics = evaluate_coco(model, val_loader, processor, accelerator, predictions_out=predictions_out)
+        model.train()
+        logger.info(
+            "epoch %d step %d: AP %.4f AP50 %.4f AP75 %.4f (%d images)",
+            state.epoch, state.completed_steps, metrics["AP"], metrics["AP50"], metrics["AP75"], metrics["num_images"],
+        )  # fmt: skip
     if report_to:
         accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.completed_steps)
     return metrics

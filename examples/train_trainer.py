@@ -6,7 +6,7 @@
 
 Recipes, flags and their values are shared with examples/train.py (`--recipe`, `--max_train_steps`,
 `--lr_scheduler`, `--resume_from_checkpoint latest`, `--push_to_hub`, ...); `training_config.json` records
-the resolved settings.
+the resolved settings. `--task panoptic` as in examples/train.py (evaluation: eval_PQ, eval_SQ, ...).
 
 The Trainer needs `remove_unused_columns=False` (label dicts are not model columns), the processor-based
 collator, and `eval_do_concat_batches=False` so `compute_metrics` sees per-batch predictions for COCO mAP.
@@ -27,8 +27,10 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from detr_hf.data import DetectionCollator
 from detr_hf.evaluation import CocoTrainerMetrics, write_evaluation_files
+from detr_hf.evaluation.panoptic_loop import evaluate_panoptic
 from detr_hf.training import build_lr_lambda, build_param_groups
 from detr_hf.training.cli import build_datasets, build_model, build_processor, make_parser, parse_and_resolve
+from detr_hf.training.panoptic import is_panoptic
 from detr_hf.training.precision import check_precision, trainer_options
 from detr_hf.training.publish import hub_dataset_id, push_trained_model
 from detr_hf.training.recipes import lr_drop_step_for
@@ -56,11 +58,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 class DetrTrainer(Trainer):
-    """The Trainer with detr_hf's lr schedules (warm-up + constant / step drop / cosine, as examples/train.py)."""
+    """The Trainer with detr_hf's lr schedules (warm-up + constant / step drop / cosine, as examples/train.py);
+    with `panoptic_threshold`, evaluation is PQ / SQ / RQ by `evaluate_panoptic` (as examples/train.py)."""
 
-    def __init__(self, *args: Any, lr_lambda_args: dict[str, Any], **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, lr_lambda_args: dict[str, Any], panoptic_threshold: float | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.lr_lambda_args = lr_lambda_args
+        self.panoptic_threshold = panoptic_threshold
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        if self.panoptic_threshold is None:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        found = evaluate_panoptic(
+            self.model, self.get_eval_dataloader(dataset), dataset, self.accelerator, threshold=self.panoptic_threshold
+        )  # fmt: skip
+        metrics = {f"{metric_key_prefix}_{key}": value for key, value in found.items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         if self.lr_scheduler is None:
@@ -133,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             processor.save_pretrained(args.output_dir)
     if args.print_config_only:
         return {}
-    metrics_fn = CocoMetrics(processor, val_set)
+    metrics_fn = None if is_panoptic(args) else CocoMetrics(processor, val_set)
     trainer = DetrTrainer(
         model=model,
         args=training_args,
@@ -147,6 +165,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             schedule=args.lr_scheduler, warmup_steps=args.warmup_steps, lr_drop_step=lr_drop_step,
             lr_drop_factor=args.lr_drop_factor,
         ),
+        panoptic_threshold=args.panoptic_threshold if is_panoptic(args) else None,
     )  # fmt: skip
     # Our loss ignores `num_items_in_batch`: let the Trainer scale it for gradient accumulation itself.
     trainer.model_accepts_loss_kwargs = False
@@ -156,7 +175,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if trainer.is_world_process_zero():
         processor.save_pretrained(args.output_dir)
         Path(args.output_dir, "eval_results.json").write_text(json.dumps(metrics, indent=2))
-        write_evaluation_files(args.output_dir, metrics_fn.last_results, val_set)
+        if metrics_fn is not None:
+            write_evaluation_files(args.output_dir, metrics_fn.last_results, val_set)
         if args.push_to_hub:
             repo_id = push_trained_model(
                 model=trainer.model, processor=processor, repo_id=args.hub_model_id or Path(args.output_dir).name,

@@ -353,3 +353,45 @@ def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, name: str 
     scale = max(1.0, expected.abs().max().item())
     error = (actual - expected).abs().max().item()
     assert error <= 1e-4 * scale, f"{name}: max abs difference {error:.3g} > 1e-4 × scale {scale:.3g}"
+
+
+# ---------------------------------------------------------------------- COCO panoptic folders
+def make_panoptic_coco_folder(root: Path, num_train: int = 3, num_val: int = 2, seed: int = 0) -> Path:
+    """A COCO panoptic folder: `annotations/panoptic_{train,val}2017.json`, PNG id maps in
+    `annotations/panoptic_{split}2017/`, JPEGs of 300-700 px in `{split}2017/`. Shapes ("things", ids 1-3) on
+    sky / wall / ground bands ("stuff", ids 101-103), a void hole, in each split a crowd shape, and in train an
+    empty (all-void) image with no segments. Returns `root`."""
+    from detr_hf.data.synthetic_panoptic import (
+        SYNTHETIC_PANOPTIC_CATEGORIES,
+        render_synthetic_panoptic_example,
+    )
+    from detr_hf.panoptic_annotations import id_to_rgb
+
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    for split, count, first_id in (("train", num_train, 3), ("val", num_val, 500)):
+        images_dir, masks_dir = root / f"{split}2017", root / "annotations" / f"panoptic_{split}2017"
+        images_dir.mkdir(exist_ok=True)
+        masks_dir.mkdir(exist_ok=True)
+        images, annotations = [], []
+        for k in range(count + (split == "train")):
+            rng = np.random.default_rng([seed, first_id, k])
+            image_id = first_id + 11 * k  # sparse ids
+            height, width = (int(v) for v in rng.integers(300, 701, size=2))
+            example = render_synthetic_panoptic_example(rng, height, width, num_things_range=(2, 8), side_range=(40, 160))
+            segments, ids = example.segments_info, example.segment_ids
+            ids[5:25, 5:45] = 0  # a void hole
+            if k == count:  # train's extra image: nothing labelled
+                ids[:] = 0
+            present = set(np.unique(ids).tolist())
+            segments = [dict(s, area=int((ids == s["id"]).sum())) for s in segments if s["id"] in present]
+            things = [s for s in segments if s["category_id"] < 100]
+            if k == 0 and things:
+                things[0]["iscrowd"] = 1
+            name = f"{image_id:012d}"
+            PIL.Image.fromarray(example.image).save(images_dir / f"{name}.jpg", quality=92)
+            PIL.Image.fromarray(id_to_rgb(ids)).save(masks_dir / f"{name}.png")
+            images.append({"id": image_id, "file_name": f"{name}.jpg", "height": height, "width": width})
+            annotations.append({"image_id": image_id, "file_name": f"{name}.png", "segments_info": segments})
+        document = {"images": images, "annotations": annotations, "categories": [dict(c) for c in SYNTHETIC_PANOPTIC_CATEGORIES]}
+        (root / "annotations" / f"panoptic_{split}2017.json").write_text(json.dumps(document))
+    return root

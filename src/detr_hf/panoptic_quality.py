@@ -15,6 +15,7 @@ from detr_hf.panoptic_annotations import read_panoptic_png
 
 __all__ = [
     "PanopticQuality",
+    "add_statistics",
     "compute_panoptic_quality",
     "panoptic_statistics",
     "reference_from_coco_panoptic",
@@ -198,7 +199,8 @@ def summarize_panoptic_statistics(
     return result
 
 
-def _add(total: Statistics, stats: Statistics) -> None:
+def add_statistics(total: Statistics, stats: Statistics) -> None:
+    """Add one image's per-category counts `stats` into `total` (in place)."""
     for category, counts in stats.items():
         into = total.setdefault(category, [0, 0, 0, 0.0])
         for k in range(4):
@@ -220,7 +222,7 @@ def compute_panoptic_quality(
         )
     total: Statistics = {}
     for i, (prediction, reference) in enumerate(zip(predictions, references)):
-        _add(total, panoptic_statistics(prediction, reference, i))
+        add_statistics(total, panoptic_statistics(prediction, reference, i))
     return summarize_panoptic_statistics(total, categories, per_class=per_class)
 
 
@@ -304,7 +306,7 @@ class PanopticQuality(evaluate.Metric):
         total: Statistics = {}
         for row in predictions:
             columns = zip(row["category_id"], row["tp"], row["fp"], row["fn"], row["iou"])
-            _add(total, {category: [tp, fp, fn, iou] for category, tp, fp, fn, iou in columns})
+            add_statistics(total, {category: [tp, fp, fn, iou] for category, tp, fp, fn, iou in columns})
         categories = self.categories if categories is None else categories
         per_class = self.per_class if per_class is None else per_class
         return summarize_panoptic_statistics(total, categories, per_class=per_class)

@@ -20,6 +20,7 @@ __all__ = [
     "build_eval_transform",
     "transform_boxes",
     "transform_example",
+    "transform_segments",
     "make_transform_fn",
 ]
 
@@ -150,6 +151,44 @@ def transform_boxes(
         sample["boxes"].as_subclass(torch.Tensor),
         sample["labels"],
     )
+
+
+def transform_segments(
+    transform: Callable[[dict], dict] | None,
+    pixels: torch.Tensor,
+    masks: torch.Tensor,
+    labels: torch.Tensor,
+    where: str = "example",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Apply `transform` to an image [C, H, W] and its non-overlapping segment masks bool [N, H, W] together.
+
+    The masks travel as one `tv_tensors.Mask` index map [1, H, W] (0 = no segment, k + 1 = segment k), so
+    flips, resizes (nearest) and crops move them with the pixels. Segments left without a pixel (cropped
+    away) are dropped with their labels. Returns (image [C, H', W'], masks bool [N', H', W'], labels [N']).
+    """
+    if masks.shape[0] != labels.shape[0] or tuple(masks.shape[-2:]) != tuple(pixels.shape[-2:]):
+        raise ValueError(
+            f"{where}: {masks.shape[0]} masks of size {tuple(masks.shape[-2:])} for {labels.shape[0]} labels "
+            f"and an image of size {tuple(pixels.shape[-2:])}"
+        )
+    if masks.shape[0] and int(masks.sum(0).max()) > 1:
+        raise ValueError(f"{where}: segment masks overlap (a panoptic pixel belongs to one segment)")
+    order = torch.arange(1, masks.shape[0] + 1, dtype=torch.int32)
+    index_map = (masks.to(torch.int32) * order[:, None, None]).sum(0, keepdim=True)  # [1, H, W]
+    canvas = tuple(pixels.shape[-2:])
+    # Whole-image boxes: only so that box-aware steps (crop, sanitize) run; boxes come from the masks after.
+    whole = torch.tensor([[0.0, 0.0, canvas[1], canvas[0]]])
+    sample = {
+        "image": tv_tensors.Image(pixels),
+        "masks": tv_tensors.Mask(index_map),
+        "boxes": tv_tensors.BoundingBoxes(whole, format="XYXY", canvas_size=canvas),
+        "labels": torch.zeros(1, dtype=torch.int64),
+    }
+    sample = (transform or v2.Compose(box_cleanup()))(sample)
+    new_map = sample["masks"].as_subclass(torch.Tensor)[0]  # [H', W']
+    new_masks = new_map[None] == order[:, None, None]  # [N, H', W']
+    kept = new_masks.flatten(1).any(1)
+    return sample["image"].as_subclass(torch.Tensor), new_masks[kept], labels[kept]
 
 
 def transform_example(

@@ -14,8 +14,10 @@ from detr_hf.data.coco_folder import coco_category_ids
 from detr_hf.data.transforms import build_eval_transform, build_train_transform
 from detr_hf.image_processing_detr_hf import DetrHfImageProcessor
 from detr_hf.modeling_detr_hf import DetrHfForObjectDetection
+from detr_hf.modeling_detr_hf_segmentation import DetrHfForSegmentation
 from detr_hf.training.class_head import plan_head_transfer, transfer_class_head
 from detr_hf.training.optim import SCHEDULES
+from detr_hf.training.panoptic import add_panoptic_args, build_panoptic_datasets, freeze_detector, is_panoptic
 from detr_hf.training.precision import add_precision_args
 from detr_hf.training.recipes import RECIPES, resolve_recipe
 
@@ -50,6 +52,7 @@ def make_parser(description: str | None, *, output_dir: str, report_to: str) -> 
     add_model_args(parser)
     add_training_args(parser, output_dir=output_dir, report_to=report_to)
     add_precision_args(parser)
+    add_panoptic_args(parser)
     return parser
 
 
@@ -72,9 +75,9 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
         "--train_val_split", type=float, default=0.15,
         help="fraction of train held out for validation when --dataset_name has no validation split",
     )  # fmt: skip
-    group.add_argument("--synthetic_train_size", type=int, default=4000)
-    group.add_argument("--synthetic_val_size", type=int, default=250)
-    group.add_argument("--synthetic_image_size", type=int, default=64)
+    group.add_argument("--synthetic_train_size", type=int, default=None, help="default: the recipe's, else 4000")
+    group.add_argument("--synthetic_val_size", type=int, default=None, help="default: the recipe's, else 250")
+    group.add_argument("--synthetic_image_size", type=int, default=None, help="default: the recipe's, else 64")
     sizes = parser.add_argument_group("image sizes and augmentation (default: the recipe's)")
     sizes.add_argument(
         "--augmentation", choices=("detr", "flip", "none"), default=None,
@@ -223,7 +226,10 @@ def build_processor(args: argparse.Namespace) -> DetrHfImageProcessor:
 
 
 def build_datasets(args: argparse.Namespace, seed: int) -> tuple[DetectionDataset, DetectionDataset, list[str]]:
-    """(train, validation, class names); categories are checked before any training step."""
+    """(train, validation, class names); categories are checked before any training step. With --task panoptic,
+    `PanopticDataset`s (see detr_hf.training.panoptic)."""
+    if is_panoptic(args):
+        return build_panoptic_datasets(args, seed, *_transforms(args))
     train_raw, val_raw = load_detection_splits(
         dataset_name=args.dataset_name,
         dataset_config=args.dataset_config,
@@ -247,6 +253,14 @@ def wrap_splits(
     names = class_names_of(train_raw, args.label_field)
     check_categories(train_raw, len(names), "train", args.label_field)
     check_categories(val_raw, len(names), "validation", args.label_field)
+    train_transform, eval_transform = _transforms(args)
+    train = DetectionDataset(train_raw, train_transform, seed=seed, label_field=args.label_field, split="train")
+    val = DetectionDataset(val_raw, eval_transform, seed=seed, label_field=args.label_field, split="validation")
+    return train, val, names
+
+
+def _transforms(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(train, evaluation) transforms of the resolved --augmentation and sizes."""
     eval_transform = build_eval_transform(args.eval_size, args.max_size)
     if args.augmentation == "detr":
         train_transform: Any = build_train_transform(
@@ -261,9 +275,7 @@ def wrap_splits(
         train_transform = v2.Compose([v2.RandomHorizontalFlip(0.5), eval_transform])
     else:
         train_transform = eval_transform
-    train = DetectionDataset(train_raw, train_transform, seed=seed, label_field=args.label_field, split="train")
-    val = DetectionDataset(val_raw, eval_transform, seed=seed, label_field=args.label_field, split="validation")
-    return train, val, names
+    return train_transform, eval_transform
 
 
 def _coco_ids_of(dataset: Any) -> list[int] | None:
@@ -282,18 +294,19 @@ def _fine_tuned_model(
     overrides: dict[str, Any] = {"auxiliary_loss": not args.no_aux_loss, **training_query_options(args)}
     if args.dropout is not None:
         overrides.update(dropout=args.dropout, attention_dropout=args.dropout, activation_dropout=args.dropout)
+    model_class = DetrHfForSegmentation if is_panoptic(args) else DetrHfForObjectDetection
     source = DetrHfForObjectDetection.from_pretrained(args.model_name_or_path)
     old_id2label = dict(source.config.id2label)
     plan = plan_head_transfer(old_id2label, class_names, category_ids)
     if plan.identical and len(old_id2label) == len(class_names):
         logger.info("class head: the checkpoint's %d classes are the dataset's; kept unchanged", len(class_names))
         del source
-        return DetrHfForObjectDetection.from_pretrained(args.model_name_or_path, **overrides)
+        return model_class.from_pretrained(args.model_name_or_path, **overrides)
     old_weight = source.class_labels_classifier.weight.detach().clone()
     old_bias = source.class_labels_classifier.bias.detach().clone()
     del source
     id2label = dict(enumerate(class_names))
-    model = DetrHfForObjectDetection.from_pretrained(
+    model = model_class.from_pretrained(
         args.model_name_or_path,
         id2label=id2label,
         label2id={name: i for i, name in id2label.items()},
@@ -311,7 +324,15 @@ def build_model(
 ) -> DetrHfForObjectDetection:
     """A detr_hf model for `class_names`: --model_name_or_path with its class head mapped onto the new labels
     (`train_set` gives a COCO folder's category ids for a COCO-indexed head), or a fresh model from the
-    resolved size options."""
+    resolved size options. With --task panoptic, a `DetrHfForSegmentation` (a detection checkpoint gets a fresh
+    mask head) whose detector is frozen unless --train_detector (see `freeze_detector`)."""
+    model = _build_model(args, class_names, train_set)
+    if is_panoptic(args):
+        freeze_detector(model, args)
+    return model
+
+
+def _build_model(args: argparse.Namespace, class_names: list[str], train_set: Any) -> DetrHfForObjectDetection:
     if args.model_name_or_path:
         return _fine_tuned_model(args, class_names, _coco_ids_of(train_set) if train_set is not None else None)
     id2label = dict(enumerate(class_names))
@@ -339,4 +360,4 @@ def build_model(
         id2label=id2label,
         label2id=label2id,
     )
-    return DetrHfForObjectDetection(config)
+    return (DetrHfForSegmentation if is_panoptic(args) else DetrHfForObjectDetection)(config)

@@ -1,4 +1,5 @@
-"""Training recipes (detr-r50, finetune, demo): preset values for every flag the user did not give."""
+"""Training recipes (detr-r50, finetune, demo; panoptic-finetune, panoptic-demo): preset values for every flag
+the user did not give."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 __all__ = [
     "ARCHITECTURE_FLAGS",
+    "CHECKPOINT_RECIPES",
     "RECIPES",
     "choose_recipe",
     "lr_drop_step_for",
@@ -113,6 +115,30 @@ RECIPES: dict[str, dict[str, Any]] = {
         "max_train_steps": 5000,
     },
 }
+# The paper's second stage (--task panoptic from a detection checkpoint): 25 epochs on the mask head.
+RECIPES["panoptic-finetune"] = {**RECIPES["finetune"], "num_train_epochs": 25}
+# The synthetic panoptic demo (sky / wall / ground bands + shapes, 96 px): detector and mask head trained jointly;
+# cut at stride 16 (the mask head refines with the stride 16 / 8 / 4 levels), a 6×6 map and 24×24 masks.
+RECIPES["panoptic-demo"] = {
+    **RECIPES["demo"],
+    "backbone_out_indices": "3",
+    "num_queries": 10,
+    "eval_size": 96,
+    "max_size": 144,
+    "train_scales": "84,90,96,102,108",
+    "crop_size_range": "60,96",
+    "crop_resize_scales": "72,84,96",
+    "synthetic_image_size": 96,
+    "synthetic_train_size": 2000,
+    "synthetic_val_size": 100,
+    "per_device_eval_batch_size": 25,
+    "max_train_steps": 2000,
+}
+# Recipes that start from --model_name_or_path (architecture, processor and labels from the checkpoint).
+CHECKPOINT_RECIPES = ("finetune", "panoptic-finetune")
+
+# Sizes of the built-in synthetic data unless the recipe or the flags name them.
+SYNTHETIC_DATA_DEFAULTS = {"synthetic_train_size": 4000, "synthetic_val_size": 250, "synthetic_image_size": 64}
 
 # Flags that define the network: with --model_name_or_path they come from the checkpoint, so giving one is an error.
 ARCHITECTURE_FLAGS = (
@@ -127,7 +153,8 @@ def _flag(name: str) -> str:
 
 def choose_recipe(args: argparse.Namespace) -> str:
     """The recipe name: --recipe, else the deprecated --coco_recipe, else by what the user named
-    (a checkpoint → finetune; real data without a checkpoint → detr-r50; nothing → demo)."""
+    (a checkpoint → finetune; real data without a checkpoint → detr-r50; nothing → demo; with --task panoptic
+    a checkpoint → panoptic-finetune and nothing → panoptic-demo)."""
     if getattr(args, "coco_recipe", False):
         if args.recipe not in (None, "detr-r50"):
             raise ValueError(f"--coco_recipe (= --recipe detr-r50) contradicts --recipe {args.recipe}")
@@ -137,6 +164,11 @@ def choose_recipe(args: argparse.Namespace) -> str:
         if args.recipe not in RECIPES:
             raise ValueError(f"unknown --recipe {args.recipe!r}; known recipes: {', '.join(RECIPES)}")
         return args.recipe
+    panoptic = getattr(args, "task", "detection") == "panoptic"
+    if panoptic and args.model_name_or_path:
+        return "panoptic-finetune"
+    if panoptic and not (args.dataset_name or args.coco_dir):
+        return "panoptic-demo"
     if args.model_name_or_path:
         return "finetune"
     if args.dataset_name or args.coco_dir:
@@ -145,10 +177,11 @@ def choose_recipe(args: argparse.Namespace) -> str:
 
 
 def _check_against_checkpoint(args: argparse.Namespace, name: str) -> None:
-    if name != "finetune":
+    if name not in CHECKPOINT_RECIPES:
         raise ValueError(
             f"--recipe {name} builds a fresh model, but --model_name_or_path {args.model_name_or_path} was given; "
-            "fine-tuning a checkpoint uses --recipe finetune (the default with --model_name_or_path)"
+            f"fine-tuning a checkpoint uses --recipe {' or '.join(CHECKPOINT_RECIPES)} (the default with "
+            "--model_name_or_path)"
         )
     given = [_flag(f) for f in ARCHITECTURE_FLAGS if getattr(args, f, None) not in (None, False)]
     if given:
@@ -168,8 +201,8 @@ def resolve_recipe(args: argparse.Namespace, processor_size: Mapping[str, int] |
     name = choose_recipe(args)
     if args.model_name_or_path:
         _check_against_checkpoint(args, name)
-    elif name == "finetune":
-        raise ValueError("--recipe finetune needs --model_name_or_path (the checkpoint to start from)")
+    elif name in CHECKPOINT_RECIPES:
+        raise ValueError(f"--recipe {name} needs --model_name_or_path (the checkpoint to start from)")
     values = dict(RECIPES[name])
     args.explicit_sizes = args.eval_size is not None or args.max_size is not None
     if getattr(args, "backbone_weights", None) and args.pretrained_backbone is None:
@@ -178,7 +211,7 @@ def resolve_recipe(args: argparse.Namespace, processor_size: Mapping[str, int] |
         values.pop("max_train_steps", None)  # an explicit epoch count is not overridden by the recipe's steps
     if args.backbone is not None:
         values.pop("backbone_out_indices", None)  # the recipe's cut belongs to the recipe's backbone
-    if name == "finetune":
+    if name in CHECKPOINT_RECIPES:
         if processor_size is None:
             processor_size = {"shortest_edge": 800, "longest_edge": 1333}
         if "shortest_edge" not in processor_size:
@@ -190,6 +223,9 @@ def resolve_recipe(args: argparse.Namespace, processor_size: Mapping[str, int] |
         max_size = args.max_size or int(processor_size.get("longest_edge") or round(eval_size * 1333 / 800))
         values.update(scaled_detr_augmentation(eval_size, max_size))
     for key, value in values.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    for key, value in SYNTHETIC_DATA_DEFAULTS.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     if args.backbone_learning_rate is None:

@@ -33,7 +33,8 @@ def _data_source(args: argparse.Namespace) -> str:
         return f"COCO folder {args.coco_dir}"
     if args.dataset_name:
         return f"dataset {args.dataset_name}" + (f" ({args.dataset_config})" if args.dataset_config else "")
-    return f"built-in synthetic shapes ({args.synthetic_image_size} px)"
+    kind = "panoptic shapes" if getattr(args, "task", "detection") == "panoptic" else "shapes"
+    return f"built-in synthetic {kind} ({args.synthetic_image_size} px)"
 
 
 def _model_settings(model: nn.Module, args: argparse.Namespace) -> dict[str, Any]:
@@ -41,6 +42,7 @@ def _model_settings(model: nn.Module, args: argparse.Namespace) -> dict[str, Any
     parameters = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {
+        "class": type(model).__name__,
         "from": args.model_name_or_path or "a fresh model",
         "backbone": config.backbone,
         "backbone_kwargs": dict(config.backbone_kwargs),
@@ -82,6 +84,7 @@ def run_settings(
     per_device = args.per_device_train_batch_size
     return {
         "recipe": args.recipe,
+        "task": getattr(args, "task", "detection"),
         "data": {
             "source": _data_source(args),
             "num_train_images": num_train_images,
