@@ -98,3 +98,12 @@ def machine_facts() -> dict:
         facts["load_average_1min_at_start"] = round(os.getloadavg()[0], 2)
     facts["versions"] = {pkg: _version(pkg) for pkg in ("torch", "transformers", "timm", "detr_hf")}
     return facts
+
+
+def chosen_names(text: str, known, flag: str = "--settings") -> list[str]:
+    """The comma-separated names of `text`, each one of `known` (a ValueError naming the flag otherwise)."""
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ValueError(f"{flag}: unknown setting(s) {unknown}; known: {list(known)}")
+    return names

@@ -15,6 +15,7 @@ from detr_hf.data.transforms import build_eval_transform, build_train_transform
 from detr_hf.image_processing_detr_hf import DetrHfImageProcessor
 from detr_hf.modeling_detr_hf import DetrHfForObjectDetection
 from detr_hf.training.class_head import plan_head_transfer, transfer_class_head
+from detr_hf.training.ema import add_ema_args
 from detr_hf.training.optim import SCHEDULES
 from detr_hf.training.recipes import RECIPES, resolve_recipe
 
@@ -48,6 +49,7 @@ def make_parser(description: str | None, *, output_dir: str, report_to: str) -> 
     add_data_args(parser)
     add_model_args(parser)
     add_training_args(parser, output_dir=output_dir, report_to=report_to)
+    add_ema_args(parser)
     return parser
 
 
