@@ -191,8 +191,9 @@ def test_two_process_run_matches_one_process_evaluation(tmp_path):
         str(ROOT / "examples" / "train.py"), *TINY_MODEL_ARGS, "--output_dir", str(out),
         "--synthetic_train_size", "16", "--synthetic_val_size", "11", "--per_device_train_batch_size", "4",
         "--per_device_eval_batch_size", "3", "--max_train_steps", "6", "--learning_rate", "1e-3",
-        "--checkpointing_steps", "no", "--eval_every_epochs", "0",
+        "--checkpointing_steps", "no", "--eval_every_epochs", "0", "--ema_decay", "0.9",
     ]  # fmt: skip
+    # With the weight EMA: every process averages the same synced weights; evaluated and saved is the average.
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-4000:]
     ddp = json.loads((out / "eval_results.json").read_text())
