@@ -115,8 +115,13 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dropout", type=float, default=None, help="also allowed when fine-tuning")
     group.add_argument("--no_aux_loss", action="store_true", help="turn off the auxiliary decoder losses")
     extra = parser.add_argument_group("training-only queries (inference stays plain DETR; see training_queries.py)")
-    extra.add_argument("--num_query_groups", type=int, default=1, help="Group DETR query groups (1 = off)")
-    extra.add_argument("--num_denoising_groups", type=int, default=0, help="DN-DETR denoising groups (0 = off)")
+    extra.add_argument(
+        "--num_query_groups", type=int, default=None, help="Group DETR query groups (1 = off; default: the recipe's, 1)"
+    )  # fmt: skip
+    extra.add_argument(
+        "--num_denoising_groups", type=int, default=None,
+        help="DN-DETR denoising groups (0 = off; default: the recipe's: 3 for demo, 0 otherwise)",
+    )  # fmt: skip
     extra.add_argument("--denoising_box_noise_scale", type=float, default=0.4)
     extra.add_argument("--denoising_label_noise_ratio", type=float, default=0.2)
 

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from timm.utils import ModelEmaV3
 from torch import nn
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from transformers import TrainerCallback
 
 __all__ = [
@@ -62,8 +64,21 @@ class WeightEma:
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
-        """Blend the current weights of `model` (unwrapped, not DDP) in after optimiser step `step`."""
+        """Blend the current weights of `model` (unwrapped, not DDP) in after optimiser step `step`.
+
+        Under DDP the parameters agree on every process but trainable BN statistics are each process's own
+        (DDP broadcasts process 0's before each forward): the averaged buffers are then taken from process 0,
+        so every process evaluates the model that process 0 saves.
+        """
         self._ema.update(model, step=step)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            floating = [b for b in self.module.buffers() if b.is_floating_point()]
+            for dtype in sorted({b.dtype for b in floating}, key=str):  # one broadcast per dtype
+                buffers = [b for b in floating if b.dtype == dtype]
+                flat = _flatten_dense_tensors(buffers)
+                dist.broadcast(flat, src=0)
+                for buffer, synced in zip(buffers, _unflatten_dense_tensors(flat, buffers)):
+                    buffer.copy_(synced)
 
     def state_dict(self) -> dict[str, Any]:
         return {"decay": self.decay, "warmup_power": self.warmup_power, "weights": self.module.state_dict()}
