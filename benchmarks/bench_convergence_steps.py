@@ -1,7 +1,7 @@
 """Convergence benchmark in optimiser steps, with seeds: COCO AP / AP50 at fixed steps for each training setting.
 
 Every setting trains the `demo` recipe's model and data (detr_hf/training/recipes.py: resnet10t cut at stage 2,
-d_model 128, 2+2 layers, 10 queries, 4,000 synthetic 64 px images with flips, AdamW 2e-4, clip 0.1, batch 8;
+d_model 128, 2+2 layers, 10 queries, 4,000 synthetic 64 px images with flips, AdamW at the recipe's lr, clip 0.1, batch 8;
 validation on the demo's 250 images) for --steps optimiser steps and is evaluated every --eval_every steps:
 
     transformers      transformers' DetrForObjectDetection as shipped (same sizes), constant lr
