@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here needs the network
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_facts  # noqa: E402
+from common import chosen_names, machine_facts  # noqa: E402
 from detr_hf import DetrHfConfig, DetrHfForObjectDetection  # noqa: E402
 from detr_hf.data import load_synthetic_splits  # noqa: E402
 from detr_hf.data.synthetic import SHAPE_NAMES  # noqa: E402
@@ -209,10 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output", default=str(RESULTS / "convergence.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    names = [s.strip() for s in args.settings.split(",") if s.strip()]
-    unknown = sorted(set(names) - set(SETTINGS))
-    if unknown:
-        raise ValueError(f"--settings: unknown setting(s) {unknown}; known: {list(SETTINGS)}")
+    names = chosen_names(args.settings, SETTINGS)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     for name in names:

@@ -133,3 +133,12 @@ def write_report(out: Path, stem: str, quick: bool, seconds: float, results: dic
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / f"{stem}.md").write_text(table)
     print(table)
+
+
+def chosen_names(text: str, known, flag: str = "--settings") -> list[str]:
+    """The comma-separated names of `text`, each one of `known` (a ValueError naming the flag otherwise)."""
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ValueError(f"{flag}: unknown setting(s) {unknown}; known: {list(known)}")
+    return names

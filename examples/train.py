@@ -16,11 +16,14 @@ or Hub id; a new label set gets new heads) or a fresh model (`--backbone` any ti
 synthetic panoptic shapes; from a detection checkpoint the detector is frozen unless `--train_detector`;
 eval_results.json then holds PQ / SQ / RQ (all, _th, _st).
 
+`--ema_decay D` evaluates and saves an exponential moving average of the weights (detr_hf/training/ema.py).
+
 Outputs in --output_dir: the final model + processor (`save_pretrained`), `eval_results.json` (COCO AP/AR of the
 last evaluation), `train_results.json`, `loss_history.json`, tensorboard logs in `logs/`, and checkpoints:
 
     checkpoints/step_00000500/   model.safetensors, optimizer.bin, random_states_<rank>.pkl,
                                  custom_checkpoint_0.pkl (lr scheduler), custom_checkpoint_1.pkl (counters),
+                                 custom_checkpoint_2.pkl (the weight EMA, with --ema_decay),
                                  COMPLETE (written last; JSON step/epoch/batches_in_epoch)
     checkpoints/.tmp-step_.../   an unfinished save: ignored, removed by the next save
 
@@ -62,6 +65,7 @@ from detr_hf.training import (
     save_checkpoint_atomically,
 )
 from detr_hf.training.cli import build_datasets, build_model, build_processor, make_parser, parse_and_resolve
+from detr_hf.training.ema import build_ema
 from detr_hf.training.panoptic import is_panoptic
 from detr_hf.training.precision import accelerator_options, check_precision
 from detr_hf.training.progress import TrainProgress
@@ -179,7 +183,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         optimizer, build_lr_lambda(args.lr_scheduler, args.warmup_steps, max_steps, lr_drop_step, args.lr_drop_factor)
     )
     state = TrainState()
-    accelerator.register_for_checkpointing(scheduler, state)
+    ema = build_ema(args, accelerator.unwrap_model(model))  # None without --ema_decay; else evaluated and saved
+    accelerator.register_for_checkpointing(scheduler, state, *([ema] if ema else []))
 
     resume = _resolve_resume(args, checkpoints_dir)
     if resume is not None:
@@ -255,6 +260,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 continue
             state.completed_steps += 1
             scheduler.step()
+            if ema:
+                ema.update(accelerator.unwrap_model(model), state.completed_steps)
             progress.advance()
             if skip:
                 state.skipped_steps += 1
@@ -292,7 +299,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 stop = True
                 break
         if epoch_done and not stop and args.eval_every_epochs and state.epoch % args.eval_every_epochs == 0:
-            metrics = _evaluate(model, val_loader, processor, accelerator, args, state, report_to)
+            metrics = _evaluate(ema.module if ema else model, val_loader, processor, accelerator, args, state, report_to)
     progress.close()
     train_seconds = progress.elapsed()
     if out_of_time:
@@ -304,10 +311,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         logger.info("training ended after %d steps (%d epochs, %.0f s)", state.completed_steps, state.epoch, train_seconds)
 
     final_predictions: list = []
-    metrics = _evaluate(model, val_loader, processor, accelerator, args, state, report_to, final_predictions)
+    metrics = _evaluate(ema.module if ema else model, val_loader, processor, accelerator, args, state, report_to, final_predictions)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
+        unwrapped = ema.module if ema else accelerator.unwrap_model(model)
         unwrapped.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
         train_results = {

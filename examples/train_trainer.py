@@ -5,8 +5,8 @@
     python examples/train_trainer.py --mixed_precision bf16 --torch_compile  # bf16 autocast, compiled model
 
 Recipes, flags and their values are shared with examples/train.py (`--recipe`, `--max_train_steps`,
-`--lr_scheduler`, `--resume_from_checkpoint latest`, `--push_to_hub`, ...); `training_config.json` records
-the resolved settings. `--task panoptic` as in examples/train.py (evaluation: eval_PQ, eval_SQ, ...).
+`--lr_scheduler`, `--ema_decay`, `--resume_from_checkpoint latest`, `--push_to_hub`, ...); `training_config.json`
+records the resolved settings. `--task panoptic` as in examples/train.py (evaluation: eval_PQ, eval_SQ, ...).
 
 The Trainer needs `remove_unused_columns=False` (label dicts are not model columns), the processor-based
 collator, and `eval_do_concat_batches=False` so `compute_metrics` sees per-batch predictions for COCO mAP.
@@ -30,6 +30,7 @@ from detr_hf.evaluation import CocoTrainerMetrics, write_evaluation_files
 from detr_hf.evaluation.panoptic_loop import evaluate_panoptic
 from detr_hf.training import build_lr_lambda, build_param_groups
 from detr_hf.training.cli import build_datasets, build_model, build_processor, make_parser, parse_and_resolve
+from detr_hf.training.ema import EmaCallback, build_ema
 from detr_hf.training.panoptic import is_panoptic
 from detr_hf.training.precision import check_precision, trainer_options
 from detr_hf.training.publish import hub_dataset_id, push_trained_model
@@ -169,7 +170,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )  # fmt: skip
     # Our loss ignores `num_items_in_batch`: let the Trainer scale it for gradient accumulation itself.
     trainer.model_accepts_loss_kwargs = False
-    trainer.train(resume_from_checkpoint=_resume_path(args), ignore_keys_for_eval=IGNORE_KEYS)
+    resume = _resume_path(args)
+    ema = build_ema(args, trainer.model)  # --ema_decay: the final evaluation and save_model use the average
+    if ema:
+        trainer.add_callback(EmaCallback(ema, resume_from=resume))
+    trainer.train(resume_from_checkpoint=resume, ignore_keys_for_eval=IGNORE_KEYS)
     metrics = trainer.evaluate(ignore_keys=IGNORE_KEYS)
     trainer.save_model(args.output_dir)
     if trainer.is_world_process_zero():

@@ -52,7 +52,7 @@ def test_push_to_hub_uploads_model_processor_and_a_card(tmp_path, script, extra)
     assert metadata["pipeline_tag"] == "object-detection"
     assert "## Training recipe" in card and "recipe `demo`" in card
     assert "data: built-in synthetic shapes (64 px)" in card
-    assert "optimisation: AdamW lr 0.0002" in card and "steps: 2 (1 epoch(s) of 2)" in card
+    assert "optimisation: AdamW lr 0.0004" in card and "steps: 2 (1 epoch(s) of 2)" in card
     metrics = json.loads(files["eval_results.json"])
     ap = metrics["AP"] if "AP" in metrics else metrics["eval_AP"]
     assert f"| AP | {ap:.4f} |" in card

@@ -55,6 +55,7 @@ def test_detr_r50_has_the_papers_values(script):
     assert args.train_scales == ",".join(str(s) for s in range(480, 801, 32))
     assert (args.crop_size_range, args.crop_resize_scales) == ("384,600", "400,500,600")
     assert args.lr_scheduler == "step" and lr_drop_step_for(args, 300) == 200
+    assert (args.num_query_groups, args.num_denoising_groups, args.ema_decay) == (1, 0, None)  # no training aids
 
 
 def test_explicit_flags_win_over_the_recipe(script):
@@ -63,6 +64,9 @@ def test_explicit_flags_win_over_the_recipe(script):
     assert args.backbone_learning_rate == 1e-5 and args.max_size == 1333
     args = script.parse_args(["--recipe", "demo", "--lr_scheduler", "step", "--lr_drop_step", "7"])
     assert lr_drop_step_for(args, 300) == 7
+    assert (args.num_denoising_groups, args.ema_decay, args.learning_rate) == (3, 0.9998, 4e-4)  # the demo's aids
+    args = script.parse_args(["--num_denoising_groups", "0", "--ema_decay", "0"])
+    assert (args.recipe, args.num_denoising_groups, args.ema_decay) == ("demo", 0, 0.0)
 
 
 def test_finetune_takes_sizes_from_the_checkpoint_processor(script, checkpoint_64):

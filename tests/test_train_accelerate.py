@@ -80,17 +80,18 @@ def _run(train_script, out: Path, *extra: str) -> dict:
     return train_script.main(argv)
 
 
-@pytest.mark.parametrize("accumulation", ["1", "2"])
-def test_resume_reaches_bit_identical_weights(train_script, tmp_path, accumulation):
+@pytest.mark.parametrize("accumulation, ema", [("1", "0"), ("2", "0"), ("1", "0.9")])
+def test_resume_reaches_bit_identical_weights(train_script, tmp_path, accumulation, ema):
     # 20 images / batch 4 = 5 batches per epoch: the checkpoint at optimiser step 3 is mid-epoch
-    # (accumulation 1) or in the second epoch (accumulation 2: 3 steps per epoch).
+    # (accumulation 1) or in the second epoch (accumulation 2: 3 steps per epoch). With the weight EMA, the
+    # saved model is the average, restored from the checkpoint.
     full, resumed = tmp_path / "full", tmp_path / "resumed"
-    _run(train_script, full, "--gradient_accumulation_steps", accumulation)
+    _run(train_script, full, "--gradient_accumulation_steps", accumulation, "--ema_decay", ema)
     (resumed / "checkpoints").mkdir(parents=True)
     shutil.copytree(full / "checkpoints" / "step_00000003", resumed / "checkpoints" / "step_00000003")
     marker = json.loads((resumed / "checkpoints" / "step_00000003" / COMPLETE_MARKER).read_text())
     assert marker["step"] == 3
-    _run(train_script, resumed, "--gradient_accumulation_steps", accumulation, "--resume_from_checkpoint", "latest")
+    _run(train_script, resumed, "--gradient_accumulation_steps", accumulation, "--resume_from_checkpoint", "latest", "--ema_decay", ema)
 
     a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert a.keys() == b.keys()
@@ -101,6 +102,21 @@ def test_resume_reaches_bit_identical_weights(train_script, tmp_path, accumulati
     history_full = json.loads((full / "train_results.json").read_text())
     history_resumed = json.loads((resumed / "train_results.json").read_text())
     assert history_full["completed_steps"] == history_resumed["completed_steps"] == 8
+    if ema != "0":
+        _check_ema_run(full, start)
+
+
+def _check_ema_run(out: Path, raw_at_3: dict) -> None:
+    """The EMA is checkpointed (not the raw weights), and the saved average is a plain detr_hf model:
+    it loads without missing/unexpected keys and re-saves to the same bytes."""
+    averaged_at_3 = torch.load(out / "checkpoints" / "step_00000003" / "custom_checkpoint_2.pkl", weights_only=False)
+    assert averaged_at_3["decay"] == 0.9
+    assert any(not torch.equal(averaged_at_3["weights"][k], raw_at_3[k]) for k in raw_at_3)
+    model, info = DetrHfForObjectDetection.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    model.save_pretrained(out / "resaved")
+    assert (out / "resaved" / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+    assert json.loads((out / "training_config.json").read_text())["optimisation"]["ema_decay"] == 0.9
 
 
 def test_incomplete_checkpoints_are_never_resumed(train_script, tmp_path):
@@ -175,8 +191,9 @@ def test_two_process_run_matches_one_process_evaluation(tmp_path):
         str(ROOT / "examples" / "train.py"), *TINY_MODEL_ARGS, "--output_dir", str(out),
         "--synthetic_train_size", "16", "--synthetic_val_size", "11", "--per_device_train_batch_size", "4",
         "--per_device_eval_batch_size", "3", "--max_train_steps", "6", "--learning_rate", "1e-3",
-        "--checkpointing_steps", "no", "--eval_every_epochs", "0",
+        "--checkpointing_steps", "no", "--eval_every_epochs", "0", "--ema_decay", "0.9",
     ]  # fmt: skip
+    # With the weight EMA: every process averages the same synced weights; evaluated and saved is the average.
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-4000:]
     ddp = json.loads((out / "eval_results.json").read_text())

@@ -1,4 +1,4 @@
-"""examples/train_trainer.py: the HF Trainer trains a tiny DETR and reports COCO mAP through compute_metrics."""
+"""examples/train_trainer.py: the HF Trainer trains a tiny DETR (with the weight EMA) and reports COCO mAP."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from transformers import EvalPrediction
 
 from detr_hf.coco_evaluation import compute_coco_map
@@ -20,9 +21,16 @@ def test_trainer_trains_and_reports_coco_map(tmp_path):
         [
             *tiny, "--output_dir", str(tmp_path), "--synthetic_train_size", "16", "--synthetic_val_size", "6",
             "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--max_steps", "4",
-            "--use_cpu", "--save_strategy", "no", "--eval_strategy", "no", "--logging_steps", "1",
+            "--use_cpu", "--save_strategy", "steps", "--save_steps", "4", "--eval_strategy", "no",
+            "--logging_steps", "1", "--ema_decay", "0.9",
         ]
     )  # fmt: skip
+    # --ema_decay: the checkpoint holds the raw weights and the average; the final model is the average.
+    raw = load_file(tmp_path / "checkpoint-4" / "model.safetensors")
+    averaged = torch.load(tmp_path / "checkpoint-4" / "ema_state.pt", weights_only=True)["weights"]
+    final = load_file(tmp_path / "model.safetensors")
+    assert all(torch.equal(final[k], averaged[k]) for k in final)
+    assert any(not torch.equal(final[k], raw[k]) for k in final)
     for key in ("eval_AP", "eval_AP50", "eval_AR100", "eval_loss"):
         assert key in metrics and np.isfinite(metrics[key]), key
     assert json.loads((tmp_path / "eval_results.json").read_text())["eval_AP"] == metrics["eval_AP"]

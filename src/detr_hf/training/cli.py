@@ -16,6 +16,7 @@ from detr_hf.image_processing_detr_hf import DetrHfImageProcessor
 from detr_hf.modeling_detr_hf import DetrHfForObjectDetection
 from detr_hf.modeling_detr_hf_segmentation import DetrHfForSegmentation
 from detr_hf.training.class_head import plan_head_transfer, transfer_class_head
+from detr_hf.training.ema import add_ema_args
 from detr_hf.training.optim import SCHEDULES
 from detr_hf.training.panoptic import add_panoptic_args, build_panoptic_datasets, freeze_detector, is_panoptic
 from detr_hf.training.precision import add_precision_args
@@ -53,6 +54,7 @@ def make_parser(description: str | None, *, output_dir: str, report_to: str) -> 
     add_training_args(parser, output_dir=output_dir, report_to=report_to)
     add_precision_args(parser)
     add_panoptic_args(parser)
+    add_ema_args(parser)
     return parser
 
 
@@ -118,8 +120,13 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dropout", type=float, default=None, help="also allowed when fine-tuning")
     group.add_argument("--no_aux_loss", action="store_true", help="turn off the auxiliary decoder losses")
     extra = parser.add_argument_group("training-only queries (inference stays plain DETR; see training_queries.py)")
-    extra.add_argument("--num_query_groups", type=int, default=1, help="Group DETR query groups (1 = off)")
-    extra.add_argument("--num_denoising_groups", type=int, default=0, help="DN-DETR denoising groups (0 = off)")
+    extra.add_argument(
+        "--num_query_groups", type=int, default=None, help="Group DETR query groups (1 = off; default: the recipe's, 1)"
+    )  # fmt: skip
+    extra.add_argument(
+        "--num_denoising_groups", type=int, default=None,
+        help="DN-DETR denoising groups (0 = off; default: the recipe's: 3 for demo, 0 otherwise)",
+    )  # fmt: skip
     extra.add_argument("--denoising_box_noise_scale", type=float, default=0.4)
     extra.add_argument("--denoising_label_noise_ratio", type=float, default=0.2)
 

@@ -113,6 +113,8 @@ def run_settings(
             "warmup_steps": args.warmup_steps,
             "lr_drop_step": lr_drop_step,
             "lr_drop_factor": args.lr_drop_factor,
+            "ema_decay": getattr(args, "ema_decay", None) or None,
+            "ema_warmup_power": getattr(args, "ema_warmup_power", None),
         },
         "batch": {
             "per_device_train_batch_size": per_device,
@@ -161,7 +163,8 @@ def format_settings(settings: dict[str, Any]) -> str:
             f"training augmentation {augmentation}",
             f"optimisation: AdamW lr {opt['learning_rate']:g}, backbone lr {opt['backbone_learning_rate']:g}, "
             f"weight decay {opt['weight_decay']:g}, clip {opt['max_grad_norm']:g}; schedule {schedule}, "
-            f"warm-up {opt['warmup_steps']} steps",
+            f"warm-up {opt['warmup_steps']} steps; weight EMA "
+            + (f"{opt['ema_decay']:g} (warm-up power {opt['ema_warmup_power']:g})" if opt.get("ema_decay") else "off"),
             f"batch: {b['per_device_train_batch_size']} per device × {b['num_processes']} process(es) × "
             f"{b['gradient_accumulation_steps']} accumulation = {b['global_batch_size']} (eval {b['per_device_eval_batch_size']})",
             f"steps: {st['max_train_steps']} ({st['num_epochs']} epoch(s) of {st['steps_per_epoch']}); stops at "
