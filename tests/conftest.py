@@ -21,10 +21,15 @@ def config():
 
 @pytest.fixture
 def fresh_accelerate_state():
-    """Reset Accelerate's process-wide singletons after a test that ran a training script in-process."""
+    """Reset Accelerate's process-wide singletons before and after a test that runs a training script in-process
+    (an earlier test may have left them initialised with other settings, e.g. another mixed precision)."""
     from accelerate.state import AcceleratorState, GradientState, PartialState
 
+    def reset():
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        PartialState._reset_state()
+
+    reset()
     yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+    reset()
